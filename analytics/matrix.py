@@ -1,0 +1,37 @@
+"""Consumption matrices [meters x hours] from the store, with the office calendar's masks."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+
+from bems.calendar import CalendarMasks, OfficeCalendar
+from bems.fleet import Fleet
+from bems.store import Matrix, Store
+
+CUMULATIVE_FIELD = {"electricity": "energy_kwh", "water": "volume_m3", "gas": "volume_m3"}
+UNIT = {"electricity": "kWh", "water": "m3", "gas": "m3"}
+HOUR = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class CommodityMatrix:
+    commodity: str
+    consumption: Matrix
+    masks: CalendarMasks
+
+    @property
+    def unit(self) -> str:
+        return UNIT[self.commodity]
+
+
+def consumption_matrix(store: Store, fleet: Fleet, commodity: str, start: dt.datetime, end: dt.datetime,
+                       calendar: OfficeCalendar, bucket: dt.timedelta = HOUR) -> CommodityMatrix | None:
+    meters = [m.id for m in fleet.meters_of(commodity=commodity)]
+    if not meters:
+        return None
+    matrix = store.read_consumption(meters, CUMULATIVE_FIELD[commodity], start, end, bucket)
+    return CommodityMatrix(commodity, matrix,
+                           calendar.bucket_masks(matrix.times, np.timedelta64(bucket).astype("timedelta64[s]")))

@@ -1,0 +1,20 @@
+"""Analytics settings (environment ``BEMS_ANALYTICS_...`` or flags)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from bems.settings import StageSettings
+
+
+class AnalyticsSettings(StageSettings):
+    model_config = SettingsConfigDict(env_prefix="BEMS_ANALYTICS_", env_nested_delimiter="__", extra="forbid")
+
+    store: str = Field("sqlite:///bems-data/readings.db", description="store URL")
+    db: str = Field("sqlite:///bems-data/state.db", description="relational state (alerts) URL")
+    interval_s: float = Field(300, gt=0, description="seconds between detection passes")
+    lookback_days: float = Field(28, gt=1, le=366, description="history the baselines are computed on")
+    after_hours_ratio: float = Field(0.6, gt=0, le=5, description="flag after-hours use above this share of "
+                                                                   "the meter's working-hours median")
+    once: bool = Field(False, description="run one pass and exit")

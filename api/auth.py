@@ -1,0 +1,98 @@
+"""Bearer-token auth and scope checks; every route asks here, so a new route cannot forget scoping.
+
+Roles: ``admin`` sees everything; ``facility_manager`` sees the buildings in its scope; ``utility`` sees
+the commodities in its scope (in every building). An unknown role sees nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from bems.fleet import Building, Fleet, Meter
+from bems.state import StateDB
+
+bearer = HTTPBearer(auto_error=False, description="an API token: Authorization: Bearer <token>")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+    scope: frozenset[str]
+
+    def sees_building(self, building: str, fleet: Fleet) -> bool:
+        if self.role == "admin":
+            return True
+        if self.role == "facility_manager":
+            return building in self.scope
+        if self.role == "utility":
+            return any(m.commodity in self.scope for m in fleet.meters_of(building=building))
+        return False
+
+    def sees_meter(self, meter: Meter) -> bool:
+        if self.role == "admin":
+            return True
+        if self.role == "facility_manager":
+            return meter.building in self.scope
+        if self.role == "utility":
+            return meter.commodity in self.scope
+        return False
+
+    def alert_filter(self) -> dict[str, list[str]]:
+        """Keyword arguments for ``StateDB.alerts`` that confine the query to this principal's scope."""
+        if self.role == "admin":
+            return {}
+        if self.role == "facility_manager":
+            return {"buildings": sorted(self.scope)}
+        if self.role == "utility":
+            return {"commodities": sorted(self.scope)}
+        return {"buildings": []}
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(what: str) -> HTTPException:
+    return HTTPException(status.HTTP_403_FORBIDDEN, detail=f"{what} is outside this token's scope")
+
+
+def principal(request: Request,
+              creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
+        raise _unauthorized("missing bearer token: send Authorization: Bearer <token>")
+    state: StateDB = request.app.state.bems_state
+    token = state.check_token(creds.credentials)
+    if token is None:
+        raise _unauthorized("invalid or revoked token")
+    scope = frozenset(s.strip() for s in token.scope.split(",") if s.strip())
+    return Principal(name=token.name, role=token.role, scope=scope)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(principal)]
+
+
+def building_for(who: Principal, fleet: Fleet, building_id: str) -> Building:
+    """Scope first, existence second: a scoped token cannot probe which ids exist."""
+    if not who.sees_building(building_id, fleet):
+        raise forbidden(f"building {building_id!r}")
+    building = fleet.building_by_id.get(building_id)
+    if building is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown building {building_id!r}")
+    return building
+
+
+def meter_for(who: Principal, fleet: Fleet, meter_id: str) -> Meter:
+    meter = fleet.meter_by_id.get(meter_id)
+    if meter is None:
+        building = meter_id.split(".", 1)[0]
+        if who.role == "admin" or (who.role == "facility_manager" and building in who.scope):
+            raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown meter {meter_id!r}")
+        raise forbidden(f"meter {meter_id!r}")
+    if not who.sees_meter(meter):
+        raise forbidden(f"meter {meter_id!r}")
+    return meter

@@ -1,0 +1,145 @@
+"""The fleet file: the single registry of buildings, edges and meters (YAML, validated at load)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bems.errors import ConfigError
+from bems.registers import DeviceProfile, available_profiles, load_profile
+from bems.validation import load_yaml, parse_model
+from bems.wire import METER_ID, SLUG
+
+Commodity = Literal["electricity", "gas", "water"]
+COMMODITIES: tuple[Commodity, ...] = ("electricity", "gas", "water")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Building(_Strict):
+    id: str = Field(pattern=SLUG)
+    name: str = Field(min_length=1)
+    name_fa: str | None = None
+    city: str = Field(min_length=1)
+    floor_area_m2: float = Field(gt=0)
+    timezone: str = "Asia/Tehran"
+    contracted_kw: float | None = Field(default=None, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, tz: str) -> str:
+        try:
+            ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {tz!r}; use an IANA name such as 'Asia/Tehran'") from exc
+        return tz
+
+
+class Device(_Strict):
+    """How the edge reaches a meter over Modbus TCP."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(502, ge=1, le=65535)
+    device_id: int = Field(1, ge=0, le=247)
+    profile: str
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, name: str) -> str:
+        allowed = available_profiles()
+        if name not in allowed:
+            raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(allowed)}")
+        return name
+
+
+class Meter(_Strict):
+    id: str = Field(pattern=METER_ID, description="<building>.<meter>")
+    building: str = Field(pattern=SLUG)
+    commodity: Commodity
+    name: str | None = None
+    edge: str | None = Field(default=None, description="defaults to the building's only edge")
+    device: Device
+    rated_kw: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _id_prefix(self) -> Meter:
+        if not self.id.startswith(self.building + "."):
+            raise ValueError(f"meter id {self.id!r} must start with its building id {self.building!r} + '.'")
+        return self
+
+    @property
+    def profile(self) -> DeviceProfile:
+        return load_profile(self.device.profile)
+
+
+class Edge(_Strict):
+    id: str = Field(pattern=SLUG)
+    building: str = Field(pattern=SLUG)
+    poll_period_s: float = Field(5.0, gt=0, le=3600)
+
+
+class Fleet(_Strict):
+    buildings: tuple[Building, ...] = Field(min_length=1)
+    edges: tuple[Edge, ...] = ()
+    meters: tuple[Meter, ...] = ()
+
+    @model_validator(mode="after")
+    def _references(self) -> Fleet:
+        for kind, items in (("buildings", self.buildings), ("edges", self.edges), ("meters", self.meters)):
+            ids = [i.id for i in items]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"{kind}: duplicate id(s) {', '.join(dupes)}")
+        buildings = {b.id for b in self.buildings}
+        edges = {e.id: e for e in self.edges}
+        for e in self.edges:
+            if e.building not in buildings:
+                raise ValueError(f"edge {e.id!r}: unknown building {e.building!r}; "
+                                 f"known: {', '.join(sorted(buildings))}")
+        for m in self.meters:
+            if m.building not in buildings:
+                raise ValueError(f"meter {m.id!r}: unknown building {m.building!r}; "
+                                 f"known: {', '.join(sorted(buildings))}")
+            if m.edge is not None:
+                if m.edge not in edges:
+                    raise ValueError(f"meter {m.id!r}: unknown edge {m.edge!r}; known: {', '.join(sorted(edges))}")
+                if edges[m.edge].building != m.building:
+                    raise ValueError(f"meter {m.id!r}: edge {m.edge!r} serves building {edges[m.edge].building!r}, "
+                                     f"not {m.building!r}")
+        return self
+
+    @cached_property
+    def building_by_id(self) -> dict[str, Building]:
+        return {b.id: b for b in self.buildings}
+
+    @cached_property
+    def meter_by_id(self) -> dict[str, Meter]:
+        return {m.id: m for m in self.meters}
+
+    def edge(self, edge_id: str) -> Edge:
+        for e in self.edges:
+            if e.id == edge_id:
+                return e
+        raise ConfigError(f"edge {edge_id!r} is not in the fleet file; known edges: "
+                          f"{', '.join(e.id for e in self.edges) or '(none)'}")
+
+    def meters_of_edge(self, edge_id: str) -> list[Meter]:
+        edge = self.edge(edge_id)
+        own = [e for e in self.edges if e.building == edge.building]
+        return [m for m in self.meters
+                if m.edge == edge_id or (m.edge is None and m.building == edge.building and len(own) == 1)]
+
+    def meters_of(self, building: str | None = None, commodity: str | None = None) -> list[Meter]:
+        return [m for m in self.meters
+                if (building is None or m.building == building) and (commodity is None or m.commodity == commodity)]
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    path = Path(path)
+    return parse_model(Fleet, load_yaml(path), str(path))

@@ -1,0 +1,82 @@
+"""One contract, every backend: what analytics and the API rely on from a store."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from bems.store import Store, open_store
+from bems.wire import Reading
+
+T0 = dt.datetime(2026, 11, 21, 0, 0, tzinfo=dt.UTC)  # a Saturday
+H = dt.timedelta(hours=1)
+
+
+@pytest.fixture(params=["sqlite", "influx"])
+def store(request: pytest.FixtureRequest, tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path}/store.db")
+    else:
+        server = request.getfixturevalue("influxd")
+        s = open_store(server.url("contract"))
+    yield s
+    s.close()
+
+
+def reading(meter: str, ts: dt.datetime, seq: int, **values: float) -> Reading:
+    return Reading(meter=meter, building=meter.split(".")[0], edge="edge-a", ts=ts, seq=seq,
+                   values=values, quality="good")
+
+
+def test_write_is_idempotent_and_counted(store: Store) -> None:
+    rs = [reading("b1.m1", T0 + i * dt.timedelta(minutes=15), i, power_w=100.0 + i) for i in range(8)]
+    first = store.write(rs)
+    store.write(rs[2:5])
+    assert first.written == 8
+    assert store.count() == 8
+    assert store.count("b1.m1") == 8
+    assert store.sequences("b1.m1") == list(range(8))
+
+
+def test_read_matrix_buckets_and_gaps(store: Store) -> None:
+    # m1: four readings per hour for hours 0 and 2 (hour 1 is a gap); m2: only hour 1
+    rs = [reading("b1.m1", T0 + h * H + q * dt.timedelta(minutes=15), h * 4 + q, power_w=float(h * 10 + q))
+          for h in (0, 2) for q in range(4)]
+    rs += [reading("b1.m2", T0 + H + dt.timedelta(minutes=5), 100, power_w=7.5)]
+    store.write(rs)
+    m = store.read_matrix(["b1.m1", "b1.m2", "b1.none"], "power_w", T0, T0 + 3 * H, H, "mean")
+    assert m.values.shape == (3, 3)
+    assert list(m.times) == [np.datetime64("2026-11-21T00:00:00"), np.datetime64("2026-11-21T01:00:00"),
+                             np.datetime64("2026-11-21T02:00:00")]
+    np.testing.assert_allclose(m.values[0], [1.5, np.nan, 21.5])
+    np.testing.assert_allclose(m.values[1], [np.nan, 7.5, np.nan])
+    assert np.isnan(m.values[2]).all()
+    mx = store.read_matrix(["b1.m1"], "power_w", T0, T0 + 3 * H, H, "max")
+    np.testing.assert_allclose(mx.values[0], [3, np.nan, 23])
+    last = store.read_matrix(["b1.m1"], "power_w", T0, T0 + 3 * H, H, "last")
+    np.testing.assert_allclose(last.values[0], [3, np.nan, 23])
+    first = store.read_matrix(["b1.m1"], "power_w", T0, T0 + 3 * H, H, "first")
+    np.testing.assert_allclose(first.values[0], [0, np.nan, 20])
+
+
+def test_consumption_from_cumulative_register(store: Store) -> None:
+    # energy rises 2 kWh per 15 min: 8 kWh per hour
+    rs = [reading("b1.m1", T0 + i * dt.timedelta(minutes=15), i, energy_kwh=1000.0 + 2 * i) for i in range(17)]
+    store.write(rs)
+    c = store.read_consumption(["b1.m1"], "energy_kwh", T0 + H, T0 + 4 * H, H)
+    np.testing.assert_allclose(c.values[0], [8.0, 8.0, 8.0])
+    assert c.times[0] == np.datetime64("2026-11-21T01:00:00")
+
+
+def test_latest_per_meter(store: Store) -> None:
+    store.write([reading("b1.m1", T0, 1, power_w=1.0, energy_kwh=5.0),
+                 reading("b1.m1", T0 + H, 2, power_w=2.0, energy_kwh=6.0),
+                 reading("b2.m1", T0, 3, volume_m3=9.25)])
+    latest = store.latest(["b1.m1", "b2.m1", "b3.x"])
+    assert set(latest) == {"b1.m1", "b2.m1"}
+    assert latest["b1.m1"].ts == T0 + H
+    assert latest["b1.m1"].values == {"power_w": 2.0, "energy_kwh": 6.0}
+    assert latest["b2.m1"].values == {"volume_m3": 9.25}
