@@ -7,7 +7,6 @@ import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
-from sqlalchemy import text
 
 from api.auth import CurrentPrincipal, Principal, building_for, forbidden, meter_for
 from api.models import (
@@ -30,7 +29,7 @@ from api.series import (
     resolve_range,
 )
 from bems.fleet import Building, Fleet, Meter
-from bems.state import Alert, AlertStatus, StateDB
+from bems.state import AlertStatus, AlertTransitionError, StateDB
 from bems.store import Agg, Store
 
 log = logging.getLogger(__name__)
@@ -74,8 +73,7 @@ def health(response: Response, fleet: FleetDep, store: StoreDep, state: StateDep
         log.exception("health: store unreachable")
         store_ok = False
     try:
-        with state.session() as s:
-            s.execute(text("SELECT 1"))
+        state.ping()
     except Exception:
         log.exception("health: state database unreachable")
         state_ok = False
@@ -170,8 +168,7 @@ def list_alerts(
 
 
 def _transition(alert_id: int, target: AlertStatus, who: Principal, fleet: Fleet, state: StateDB) -> AlertOut:
-    with state.session() as s:
-        alert = s.get(Alert, alert_id)
+    alert = state.alert(alert_id)
     if alert is None:
         if who.role != "admin":
             raise forbidden(f"alert {alert_id}")  # a scoped token cannot probe which ids exist
@@ -180,9 +177,10 @@ def _transition(alert_id: int, target: AlertStatus, who: Principal, fleet: Fleet
     visible = who.sees_meter(meter) if meter else who.sees_building(alert.building, fleet)
     if not visible:
         raise forbidden(f"alert {alert_id}")
-    if target == "acknowledged" and alert.status == "resolved":
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=f"alert {alert_id} is already resolved")
-    updated = state.set_alert_status(alert_id, target)
+    try:
+        updated = state.set_alert_status(alert_id, target)
+    except AlertTransitionError as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(exc)) from exc
     if updated is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"unknown alert {alert_id}")
     log.info("alert %s %s by %s", alert_id, target, who.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -100,6 +101,7 @@ class Mosquitto(ManagedProcess):
         workdir.mkdir(parents=True, exist_ok=True)
         conf = workdir / "mosquitto.conf"
         conf.write_text(
+            f"user {getpass.getuser()}\n"  # as root, mosquitto would drop to 'mosquitto' and lose our files
             f"listener {self.port} 127.0.0.1\n"
             f"allow_anonymous {'true' if anonymous else 'false'}\n"
             f"persistence true\npersistence_location {workdir}/\n"

@@ -36,9 +36,12 @@ def _flag_type(annotation: Any) -> type | None:
 
 def setup(settings_cls: type[S], argv: Sequence[str] | None, prog: str, description: str) -> S:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--config", dest="fleet", help="fleet file (YAML); env BEMS_FLEET")
-    parser.add_argument("--broker", dest="broker_url", help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883")
-    parser.add_argument("--broker-username", dest="broker_username")
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    parser.add_argument("--config", dest="fleet", help=f"fleet file (YAML); env {prefix}FLEET")
+    if "broker" in settings_cls.model_fields:
+        parser.add_argument("--broker", dest="broker_url", help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883")
+        parser.add_argument("--broker-username", dest="broker_username",
+                            help=f"the password only from {prefix}BROKER__PASSWORD")
     for name, info in settings_cls.model_fields.items():
         if name in ("fleet", "broker"):
             continue
@@ -54,15 +57,13 @@ def setup(settings_cls: type[S], argv: Sequence[str] | None, prog: str, descript
     args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     broker = {k.removeprefix("broker_"): args.pop(k) for k in ("broker_url", "broker_username") if k in args}
     if broker:
-        if "broker" not in settings_cls.model_fields:
-            parser.error("this stage does not talk to a broker")
         args["broker"] = broker
     try:
         return settings_cls(**args)
     except ValidationError as exc:
-        prefix = settings_cls.model_config.get("env_prefix", "")
-        hints = [f"  {e['loc'][0]}: set it with --{str(e['loc'][0]).replace('_', '-')} or "
-                 f"{prefix}{str(e['loc'][0]).upper()}" for e in exc.errors() if e["type"] == "missing"]
+        flag = {"fleet": "config"}
+        hints = [f"  {e['loc'][0]}: set it with --{flag.get(str(e['loc'][0]), str(e['loc'][0])).replace('_', '-')}"
+                 f" or {prefix}{str(e['loc'][0]).upper()}" for e in exc.errors() if e["type"] == "missing"]
         raise ConfigError("\n".join([format_validation_error(f"{prog} settings", exc, args), *hints])) from exc
 
 

@@ -24,12 +24,19 @@ from sqlalchemy import (
     create_engine,
     event,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from bems.errors import BemsError
+
 AlertStatus = Literal["open", "acknowledged", "resolved"]
 Role = Literal["admin", "facility_manager", "utility"]
+
+
+class AlertTransitionError(BemsError):
+    """An alert cannot move to the requested status (a resolved alert stays resolved)."""
 
 
 class Base(DeclarativeBase):
@@ -174,11 +181,23 @@ class StateDB:
         with self.session() as s:
             return list(s.scalars(q))
 
+    def alert(self, alert_id: int) -> Alert | None:
+        with self.session() as s:
+            return s.get(Alert, alert_id)
+
+    def ping(self) -> None:
+        """Raise if the database does not answer (for health checks)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
     def set_alert_status(self, alert_id: int, status: AlertStatus) -> Alert | None:
+        """Move an alert along open -> acknowledged -> resolved; resolved is final (AlertTransitionError)."""
         with self.session() as s:
             alert = s.get(Alert, alert_id)
             if alert is None:
                 return None
+            if alert.status == "resolved" and status != "resolved":
+                raise AlertTransitionError(f"alert {alert_id} is already resolved")
             alert.status = status
             alert.updated_at = dt.datetime.now(dt.UTC)
             return alert

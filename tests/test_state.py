@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bems.state import StateDB
+from bems.state import AlertTransitionError, StateDB
 
 PG_URL = os.environ.get("BEMS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -65,3 +65,7 @@ def test_alert_dedupe_and_lifecycle(db: StateDB) -> None:
     assert db.set_alert_status(only.id, "acknowledged").status == "acknowledged"
     assert db.alerts(status="open") == []
     assert db.set_alert_status(9999, "resolved") is None
+    assert db.set_alert_status(only.id, "resolved").status == "resolved"
+    with pytest.raises(AlertTransitionError, match="already resolved"):
+        db.set_alert_status(only.id, "acknowledged")
+    assert db.alert(only.id).status == "resolved"
