@@ -1,56 +1,228 @@
-"""Vectorized detectors over a [meters x time] consumption matrix: no per-meter Python loop."""
+"""Vectorized detectors over a [meters x buckets] consumption matrix: no per-meter Python loop.
+
+Every detector turns the matrix into a boolean map of the same shape plus a score (the statistic divided by its
+threshold, so a score >= 1 is an anomaly). ``detect`` runs them all and gives every bucket one type, by priority.
+Parameters are documented in :class:`DetectorParams`; each may be a scalar or an array of shape [meters] to tune
+a meter on its own. Large fleets are processed in blocks of meters so memory stays a small multiple of the input.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
 
 import numpy as np
 
+from analytics.baseline import closed_hours_profile, trailing_how_baseline, week_grid
+from analytics.fastops import ewma as _ewma
+from analytics.fastops import keep_runs, paint, rolling_mean, runs
+from bems.calendar import CalendarMasks
+
+# priority order: the first flagged type names the bucket
+ANOMALY_TYPES = ("negative", "implausible", "gap", "flatline", "spike", "holiday", "after_hours", "step", "drift",
+                 "peak")
+_WASTE_AND_ABOVE = 7  # negative .. after_hours: what a level change must not be explained by
+BLOCK_CELLS = 2_000_000  # meters x buckets per block: temporaries stay a few tens of MB
+
 
 @dataclass(frozen=True)
-class AfterHoursResult:
-    flags: np.ndarray  # bool [M, T]: after-hours buckets above the threshold
-    excess: np.ndarray  # float [M, T]: consumption above the meter's usual closed-hours level (0 where unflagged)
-    working_median: np.ndarray  # float [M]
-    closed_median: np.ndarray  # float [M]
+class DetectorParams:
+    """Thresholds of every detector (defaults tuned on simulator history; see bench/detect_eval.py)."""
+
+    #: spike: robust z-score against the hour-of-week baseline, for runs of at most ``spike_max_buckets``
+    spike_z: float = 8.0
+    spike_max_buckets: int = 2
+    #: waste after hours / on holidays: excess over the closed-hours level of that slot must exceed both
+    #: ``waste_z`` robust sigmas and ``waste_rel`` x the meter's working-hours level
+    waste_z: float = 4.0
+    waste_rel: float = 0.15
+    #: the building's target: closed-hours consumption above ``target_rel`` x working level is waste (None: off)
+    target_rel: float | None = None
+    #: flatline: zero consumption for at least this many buckets where the baseline expects some
+    flatline_buckets: int = 4
+    flatline_min_rel: float = 0.05
+    #: gap: at least this many missing buckets in a row
+    gap_buckets: int = 1
+    #: step change: mean robust z over ``step_window`` buckets beyond ``step_z``
+    step_window: int = 12
+    step_z: float = 3.0
+    #: drift: exponentially weighted mean of z (memory ~ 1/alpha buckets) beyond ``drift_z``
+    drift_alpha: float = 0.01
+    drift_z: float = 1.5
+    #: z is clipped to +-this before the step and drift statistics (one spike is not a level change)
+    sustained_clip: float = 5.0
+    #: a step or drift lasts at least this many buckets
+    sustained_min_buckets: int = 24
+    #: implausible: above ``implausible_factor`` x the meter's working level, or above rated capacity x 1.5
+    implausible_factor: float = 20.0
+    #: weeks of history in the hour-of-week baseline
+    max_weeks: int = 4
 
 
-def after_hours_excess(consumption: np.ndarray, working: np.ndarray, ratio: float = 0.6,
-                       min_working_samples: int = 8) -> AfterHoursResult:
-    """Flag after-hours buckets whose consumption exceeds ``ratio`` x the meter's own working-hours median.
+def param_names() -> list[str]:
+    return [f.name for f in fields(DetectorParams)]
 
-    Why the meter's own median: buildings differ by an order of magnitude, so a fixed threshold is wrong for
-    all but one of them; a meter with fewer than ``min_working_samples`` working buckets is not judged.
+
+def _col(value: float | np.ndarray, m: int) -> np.ndarray:
+    """A parameter as a [M, 1] column, so a per-meter array and a scalar broadcast alike."""
+    return np.broadcast_to(np.asarray(value, dtype=np.float32).reshape(-1, 1), (m, 1))
+
+
+@dataclass
+class Detection:
+    kind: np.ndarray  # int8 [M, T], index into ANOMALY_TYPES or -1
+    score: np.ndarray  # float32 [M, T], >= 1 where anomalous
+    expected: np.ndarray | None  # float32 [M, T], what the meter should have used (NaN: unknown)
+    excess: np.ndarray | None  # float32 [M, T], consumption above expected where flagged
+
+    @property
+    def is_anomaly(self) -> np.ndarray:
+        return self.kind >= 0
+
+    def type_names(self) -> np.ndarray:
+        names = np.array(("", *ANOMALY_TYPES), dtype=object)
+        return names[self.kind.astype(np.int64) + 1]
+
+
+def detect(x: np.ndarray, *, masks: CalendarMasks, step_minutes: int, params: DetectorParams | None = None,
+           rated_per_bucket: np.ndarray | None = None, contracted_kw: np.ndarray | None = None,
+           with_expected: bool = True) -> Detection:
+    """Run every detector on consumption ``x`` [M, T] (per bucket of ``step_minutes``) and type each bucket.
+
+    ``masks`` are the building calendar's masks over T (``OfficeCalendar.bucket_masks``); ``rated_per_bucket``
+    [M] is the most a meter can use in one bucket; ``contracted_kw`` [M] (NaN: none) enables the peak detector.
+    Per-meter parameters given as arrays are split with the meters.
     """
-    c = np.asarray(consumption, dtype=np.float64)
-    w = np.asarray(working, dtype=bool)
-    with np.errstate(all="ignore"):
-        working_vals = np.where(w[None, :], c, np.nan)
-        closed_vals = np.where(~w[None, :], c, np.nan)
-        n_working = np.sum(~np.isnan(working_vals), axis=1)
-        working_median = _nanmedian_rows(working_vals)
-        closed_median = _nanmedian_rows(closed_vals)
-        threshold = ratio * working_median
-        flags = (~w[None, :]) & (c > threshold[:, None]) & (n_working >= min_working_samples)[:, None]
-        flags &= working_median[:, None] > 0
-        excess = np.where(flags, c - np.nan_to_num(closed_median)[:, None], 0.0)
-    return AfterHoursResult(flags, np.clip(excess, 0, None), working_median, closed_median)
-
-
-def _nanmedian_rows(x: np.ndarray) -> np.ndarray:
-    out = np.full(x.shape[0], np.nan)
-    has = ~np.all(np.isnan(x), axis=1)
-    if has.any():
-        out[has] = np.nanmedian(x[has], axis=1)
+    p = params or DetectorParams()
+    x = np.asarray(x, dtype=np.float32)
+    m, t = x.shape
+    grid = week_grid(masks.local_weekday, masks.minute_of_day, step_minutes)
+    out = Detection(kind=np.empty((m, t), dtype=np.int8), score=np.empty((m, t), dtype=np.float32),
+                    expected=np.empty((m, t), dtype=np.float32) if with_expected else None,
+                    excess=np.empty((m, t), dtype=np.float32) if with_expected else None)
+    block = max(1, BLOCK_CELLS // max(t, 1))
+    for lo in range(0, m, block):  # blocks of meters: bounded memory, every step inside vectorized
+        hi = min(m, lo + block)
+        sub = _block_params(p, lo, hi, m)
+        rated = None if rated_per_bucket is None else np.asarray(rated_per_bucket)[lo:hi]
+        contracted = None if contracted_kw is None else np.asarray(contracted_kw)[lo:hi]
+        _detect_block(x[lo:hi], masks, grid, step_minutes, sub, rated, contracted, out, lo)
     return out
 
 
-def runs(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Consecutive True runs in each row: (row, start column, end column exclusive), vectorized."""
-    f = np.asarray(flags, dtype=bool)
-    padded = np.zeros((f.shape[0], f.shape[1] + 2), dtype=np.int8)
-    padded[:, 1:-1] = f
-    d = np.diff(padded, axis=1)
-    srow, scol = np.nonzero(d == 1)
-    _, ecol = np.nonzero(d == -1)
-    return srow, scol, ecol
+def events(kind: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of one anomaly type per meter: (row, start, end exclusive, type index), vectorized."""
+    k = np.asarray(kind)
+    m, t = k.shape
+    edge = np.ones((m, t + 1), dtype=bool)
+    edge[:, 1:t] = k[:, 1:] != k[:, :-1]
+    rows, cols = np.nonzero(edge[:, :t] & (k >= 0))
+    # the end of each run is the next edge at or after start + 1 in the same row
+    flat_edges = np.flatnonzero(edge.ravel())
+    pos = np.searchsorted(flat_edges, rows * (t + 1) + cols, side="right")
+    ends = flat_edges[pos] - rows * (t + 1)
+    return rows, cols, ends, k[rows, cols]
+
+
+def _block_params(p: DetectorParams, lo: int, hi: int, m: int) -> DetectorParams:
+    changes = {f.name: np.asarray(getattr(p, f.name))[lo:hi] for f in fields(p)
+               if np.ndim(getattr(p, f.name)) == 1 and np.shape(getattr(p, f.name))[0] == m}
+    return DetectorParams(**{**p.__dict__, **changes}) if changes else p
+
+
+def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, p: DetectorParams,  # type: ignore[no-untyped-def]
+                  rated: np.ndarray | None, contracted: np.ndarray | None, out: Detection, lo: int) -> None:
+    m, t = x.shape
+    working = np.asarray(masks.working, dtype=bool)
+    closed = ~working
+    flags: dict[str, np.ndarray] = {}
+    scores: dict[str, np.ndarray] = {}
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        missing = np.isnan(x)
+        wvals = np.where(working[None, :] & ~missing, x, 0)
+        working_level = (wvals.sum(axis=1, keepdims=True)
+                         / np.maximum((working[None, :] & ~missing).sum(axis=1, keepdims=True), 1)).astype(np.float32)
+        flags["negative"] = x < 0
+        limit = _col(p.implausible_factor, m) * np.maximum(working_level, 1e-6)
+        if rated is not None:
+            limit = np.fmin(limit, np.float32(1.5) * np.asarray(rated, dtype=np.float32).reshape(-1, 1))
+        flags["implausible"] = x > limit
+        bad = flags["negative"] | flags["implausible"]
+        clean = np.where(bad, np.float32(np.nan), x) if bad.any() else x
+        scores["negative"] = np.where(flags["negative"], 1 + np.abs(x), 0)
+        scores["implausible"] = np.where(flags["implausible"], x / limit, 0)
+
+        seen = np.logical_or.accumulate(~missing, axis=1)  # before a meter's first reading is not a gap
+        flags["gap"] = keep_runs(missing & seen, p.gap_buckets)
+        scores["gap"] = flags["gap"].astype(np.float32)
+
+        base = trailing_how_baseline(clean, grid, max_weeks=p.max_weeks)
+        z = (clean - base.expected) / base.sigma
+        exp_closed, sigma_closed = closed_hours_profile(clean, closed, masks.open_day,
+                                                        masks.minute_of_day // step_minutes, 1440 // step_minutes)
+        expected = np.where(closed[None, :], exp_closed, np.where(np.isnan(base.expected), working_level,
+                                                                   base.expected))
+
+        zero = np.abs(clean) < 1e-9  # NaN compares False
+        flat = keep_runs(zero, p.flatline_buckets)
+        flags["flatline"] = flat & (np.nan_to_num(expected) > _col(p.flatline_min_rel, m) * working_level)
+        scores["flatline"] = flags["flatline"].astype(np.float32)
+
+        up = np.nan_to_num(z, nan=0.0)
+        spike_hi = up > _col(p.spike_z, m)
+        flags["spike"] = keep_runs(spike_hi, 1, p.spike_max_buckets)
+        scores["spike"] = np.where(flags["spike"], up / _col(p.spike_z, m), 0)
+
+        excess_closed = clean - exp_closed
+        threshold = np.fmax(_col(p.waste_z, m) * sigma_closed, _col(p.waste_rel, m) * working_level)
+        waste = closed[None, :] & (excess_closed > threshold)
+        if p.target_rel is not None:
+            waste |= closed[None, :] & (clean > _col(p.target_rel, m) * working_level)
+        hol = np.asarray(masks.holiday, dtype=bool)[None, :]
+        flags["holiday"] = waste & hol
+        flags["after_hours"] = waste & ~hol
+        scores["holiday"] = scores["after_hours"] = np.where(waste, np.nan_to_num(excess_closed / threshold, nan=1), 0)
+
+        zc = np.clip(z, -p.sustained_clip, p.sustained_clip)
+        short = rolling_mean(zc, p.step_window)
+        level = _ewma(zc, p.drift_alpha)
+        short0 = np.nan_to_num(short)
+        sustained = (np.abs(short0) > _col(p.step_z, m)) | (np.abs(level) > _col(p.drift_z, m))
+        rows, s, e = runs(sustained)
+        if rows.size:
+            # a level change lasts, and is not a waste, gap or flatline seen from afar
+            higher = np.zeros((m, t + 1), dtype=np.int32)
+            np.cumsum(np.logical_or.reduce([flags[k] for k in ANOMALY_TYPES[:_WASTE_AND_ABOVE]]), axis=1,
+                      out=higher[:, 1:])
+            overlap = (higher[rows, e] - higher[rows, s]) / np.maximum(e - s, 1)
+            keep = (e - s >= p.sustained_min_buckets) & (overlap < 0.3)
+            rows, s, e = rows[keep], s[keep], e[keep]
+        # a step jumps: the window mean right after the onset is already beyond step_z; a drift creeps
+        onset = np.minimum(s + p.step_window - 1, t - 1)
+        is_step = np.abs(short0[rows, onset]) > p.step_z
+        start_back = np.maximum(s - p.step_window + 1, 0)  # the trailing window lags the true start
+        flags["step"] = paint((m, t), rows[is_step], start_back[is_step], e[is_step])
+        flags["drift"] = paint((m, t), rows[~is_step], s[~is_step], e[~is_step])
+        scores["step"] = np.abs(short0) / _col(p.step_z, m)
+        scores["drift"] = np.abs(level) / _col(p.drift_z, m)
+
+        if contracted is not None:
+            kw = clean * np.float32(60.0 / step_minutes)
+            limit_kw = np.asarray(contracted, dtype=np.float32).reshape(-1, 1)
+            flags["peak"] = kw > limit_kw
+            scores["peak"] = kw / limit_kw
+
+    kind = out.kind[lo:lo + m]
+    score = out.score[lo:lo + m]
+    kind.fill(-1)
+    np.clip(np.abs(up) / np.float32(p.spike_z if np.ndim(p.spike_z) == 0 else 1.0), 0, 0.999, out=score)
+    for i, name in reversed(list(enumerate(ANOMALY_TYPES))):  # ten steps; the highest priority is written last
+        f = flags.get(name)
+        if f is None or not f.any():
+            continue
+        kind[f] = i
+        score[f] = np.maximum(np.broadcast_to(scores[name], f.shape)[f], 1.0)
+    if out.expected is not None and out.excess is not None:
+        out.expected[lo:lo + m] = expected
+        out.excess[lo:lo + m] = np.where(kind >= 0, np.clip(np.nan_to_num(clean - expected), 0, None), 0)

@@ -32,6 +32,10 @@ def consumption_matrix(store: Store, fleet: Fleet, commodity: str, start: dt.dat
     meters = [m.id for m in fleet.meters_of(commodity=commodity)]
     if not meters:
         return None
-    matrix = store.read_consumption(meters, CUMULATIVE_FIELD[commodity], start, end, bucket)
+    field = CUMULATIVE_FIELD[commodity]
+    last = store.read_matrix(meters, field, start - bucket, end, bucket, "last")
+    # deltas of the register's last value per bucket; negative ones stay for the detector to name
+    matrix = Matrix(meters=last.meters, times=last.times[1:], values=np.diff(last.values, axis=1), field=field,
+                    bucket=bucket)
     return CommodityMatrix(commodity, matrix,
                            calendar.bucket_masks(matrix.times, np.timedelta64(bucket).astype("timedelta64[s]")))

@@ -10,7 +10,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from analytics.detectors import after_hours_excess, runs
+from analytics.alerts import Event, record
+from analytics.detectors import ANOMALY_TYPES, DetectorParams, detect, events
 from analytics.matrix import HOUR, consumption_matrix
 from analytics.settings import AnalyticsSettings
 from bems.calendar import OfficeCalendar, default_calendar
@@ -29,35 +30,56 @@ class PassResult:
 
 
 def detect_pass(store: Store, state: StateDB, fleet: Fleet, *, end: dt.datetime, lookback: dt.timedelta,
-                ratio: float, calendar: OfficeCalendar | None = None) -> PassResult:
+                params: DetectorParams | None = None, calendar: OfficeCalendar | None = None) -> PassResult:
     """One pass over every commodity; an event that continues from the last pass extends its alert."""
     calendar = calendar or default_calendar()
     end = local_hour_floor(end, calendar.timezone)  # whole local hours only: the current one is not over
     start = end - lookback
-    events = created = 0
+    n_events = created = 0
     for commodity in COMMODITIES:
         cm = consumption_matrix(store, fleet, commodity, start, end, calendar)
         if cm is None:
             continue
-        res = after_hours_excess(cm.consumption.values, cm.masks.working, ratio)
-        rows, s_cols, e_cols = runs(res.flags)
+        meters = [fleet.meter_by_id[m] for m in cm.consumption.meters]
+        contracted = np.array([fleet.building_by_id[m.building].contracted_kw or np.nan
+                               if m.id.endswith(".main-elec") else np.nan for m in meters], dtype=np.float32)
+        rated = np.array([m.rated_kw or np.nan for m in meters], dtype=np.float32) * (HOUR / dt.timedelta(hours=1))
+        det = detect(cm.consumption.values, masks=cm.masks, step_minutes=60, params=params,
+                     rated_per_bucket=rated if commodity == "electricity" else None,
+                     contracted_kw=contracted if commodity == "electricity" else None)
+        rows, s_cols, e_cols, kinds = events(det.kind)
         times = cm.consumption.times
-        for row, s, e in zip(rows.tolist(), s_cols.tolist(), e_cols.tolist(), strict=True):
-            meter = fleet.meter_by_id[cm.consumption.meters[row]]
-            excess = float(res.excess[row, s:e].sum())
+        for row, s, e, k in zip(rows.tolist(), s_cols.tolist(), e_cols.tolist(), kinds.tolist(), strict=True):
+            meter = meters[row]
+            kind = ANOMALY_TYPES[k]
             t0 = times[s].astype("datetime64[s]").item().replace(tzinfo=dt.UTC)
             t1 = t0 + HOUR * (e - s)
             used = float(np.nansum(cm.consumption.values[row, s:e]))
-            message = (f"{meter.id}: {used:.1f} {cm.unit} used after hours from {_local(t0)} to {_local(t1)} "
-                       f"(Tehran), {excess:.1f} {cm.unit} above its usual closed-hours level; working-hours "
-                       f"median {res.working_median[row]:.1f} {cm.unit}/h")
-            _, new = state.upsert_alert(building=meter.building, meter=meter.id, commodity=commodity,
-                                        type="after_hours", start=t0, end=t1, excess=round(excess, 3),
-                                        unit=cm.unit, severity="critical" if e - s >= 6 else "warning",
-                                        message=message)
-            events += 1
+            excess = float(det.excess[row, s:e].sum()) if det.excess is not None else 0.0
+            event = Event(building=meter.building, meter=meter.id, commodity=commodity, type=kind, start=t0, end=t1,
+                          excess=round(excess, 3), unit=cm.unit, score=float(det.score[row, s:e].max()),
+                          message=_message(kind, meter.id, t0, t1, used, excess, cm.unit))
+            _, new = record(state, event)
+            n_events += 1
             created += new
-    return PassResult(events, created)
+    return PassResult(n_events, created)
+
+
+def _message(kind: str, meter: str, t0: dt.datetime, t1: dt.datetime, used: float, excess: float, unit: str) -> str:
+    period = f"from {_local(t0)} to {_local(t1)} (Tehran)"
+    what = {
+        "after_hours": f"{used:.1f} {unit} used after hours, {excess:.1f} {unit} above its usual closed-hours level",
+        "holiday": f"{used:.1f} {unit} used on a holiday, {excess:.1f} {unit} above its usual closed-hours level",
+        "spike": f"a spike of {used:.1f} {unit}",
+        "step": f"consumption stepped to a new level, {excess:.1f} {unit} above its baseline",
+        "drift": f"consumption drifted above its baseline by {excess:.1f} {unit}",
+        "flatline": "the register did not move although consumption was expected (stuck register?)",
+        "gap": "no readings arrived (meter, edge or network down?)",
+        "negative": "the cumulative register went backwards (meter replaced or reset?)",
+        "implausible": f"an implausible {used:.1f} {unit} (word order or scaling wrong?)",
+        "peak": f"demand above the contracted kW: {used:.1f} {unit} in one interval",
+    }[kind]
+    return f"{meter}: {what} {period}"
 
 
 def local_hour_floor(t: dt.datetime, tz: str) -> dt.datetime:
@@ -76,9 +98,8 @@ async def run(settings: AnalyticsSettings) -> None:
     try:
         while True:
             res = await asyncio.to_thread(detect_pass, store, state, fleet, end=dt.datetime.now(dt.UTC),
-                                          lookback=dt.timedelta(days=settings.lookback_days),
-                                          ratio=settings.after_hours_ratio)
-            log.info("detection pass: %d after-hours events, %d new alerts", res.events, res.created)
+                                          lookback=dt.timedelta(days=settings.lookback_days))
+            log.info("detection pass: %d events, %d new alerts", res.events, res.created)
             if settings.once:
                 return
             await asyncio.sleep(settings.interval_s)

@@ -15,6 +15,4 @@ class AnalyticsSettings(StageSettings):
     db: str = Field("sqlite:///bems-data/state.db", description="relational state (alerts) URL")
     interval_s: float = Field(300, gt=0, description="seconds between detection passes")
     lookback_days: float = Field(28, gt=1, le=366, description="history the baselines are computed on")
-    after_hours_ratio: float = Field(0.6, gt=0, le=5, description="flag after-hours use above this share of "
-                                                                   "the meter's working-hours median")
     once: bool = Field(False, description="run one pass and exit")

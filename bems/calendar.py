@@ -102,7 +102,7 @@ class OfficeCalendar(BaseModel):
             opens[i], closes[i] = v.open_minute, v.close_minute
         working = day_open[inv] & (minute >= opens[inv]) & (minute < closes[inv])
         return CalendarMasks(working=working, holiday=day_holiday[inv], open_day=day_open[inv],
-                             local_hour=(minute // 60).astype(np.int8),
+                             local_hour=(minute // 60).astype(np.int8), minute_of_day=minute.astype(np.int16),
                              local_weekday=((days.astype(np.int64) + 3) % 7).astype(np.int8))
 
 
@@ -118,7 +118,8 @@ class OfficeCalendar(BaseModel):
                                                             width - np.timedelta64(1, "s")))
         return CalendarMasks(working=first.working | mid.working | last.working,
                              holiday=first.holiday, open_day=first.open_day,
-                             local_hour=first.local_hour, local_weekday=first.local_weekday)
+                             local_hour=first.local_hour, minute_of_day=first.minute_of_day,
+                             local_weekday=first.local_weekday)
 
 
 class CalendarMasks(BaseModel):
@@ -130,6 +131,7 @@ class CalendarMasks(BaseModel):
     holiday: np.ndarray
     open_day: np.ndarray
     local_hour: np.ndarray
+    minute_of_day: np.ndarray  # local
     local_weekday: np.ndarray  # Monday = 0, as Python's date.weekday()
 
     @property
