@@ -52,6 +52,17 @@ def _users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detect(args: argparse.Namespace) -> int:
+    from analytics.offline import run
+
+    report = run(Path(args.input), Path(args.output), skip_bad=args.skip_bad)
+    print(f"{report.rows} rows in {report.series} series: {report.anomalies} anomalous, {report.skipped} skipped"
+          f" -> {args.output}")
+    for line in report.skipped_lines:
+        print(f"  skipped {line}", file=sys.stderr)
+    return 0
+
+
 def _stage(module: str):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -77,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print the JSON Schema of the reading payload")
     s.add_argument("--output", help="write to this file instead of stdout")
     s.set_defaults(func=_schema)
+
+    det = sub.add_parser("detect", help="run the detectors on a CSV export (series_id,timestamp,value)")
+    det.add_argument("--input", required=True, help="long CSV: series_id,timestamp,value (consumption per interval)")
+    det.add_argument("--output", required=True, help="CSV written: series_id,timestamp,score,is_anomaly,type")
+    det.add_argument("--skip-bad", action="store_true", help="skip and count bad or irregular rows")
+    det.set_defaults(func=_detect)
 
     u = sub.add_parser("users", help="create, revoke and list API tokens")
     u.add_argument("action", choices=["create", "revoke", "list"])
