@@ -7,12 +7,11 @@ baseline toward itself.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from analytics.fastops import nanmedian_rows, nanmedian_small
+from analytics.fastops import median_of, nanmedian_rows
 
 MAD_TO_SIGMA = 1.4826
 
@@ -37,10 +36,24 @@ def week_grid(local_weekday: np.ndarray, minute_of_day: np.ndarray, step_minutes
     return WeekGrid(slot=slot, week=week, slots=7 * per_day, weeks=int(week[-1]) + 1 if slot.size else 0)
 
 
+def _flat_index(grid: WeekGrid) -> np.ndarray | slice:
+    """Columns of the flattened [weeks x slots] grid; a plain slice when the axis is regular (the usual case)."""
+    g = grid.week * grid.slots + grid.slot
+    if g.size and np.array_equal(g, np.arange(g[0], g[0] + g.size)):
+        return slice(int(g[0]), int(g[0]) + g.size)
+    return g
+
+
 def to_cube(x: np.ndarray, grid: WeekGrid) -> np.ndarray:
-    cube = np.full((x.shape[0], grid.weeks, grid.slots), np.nan, dtype=np.float32)
-    cube[:, grid.week, grid.slot] = x
-    return cube
+    cube = np.full((x.shape[0], grid.weeks * grid.slots), np.nan, dtype=np.float32)
+    cube[:, _flat_index(grid)] = x
+    return cube.reshape(x.shape[0], grid.weeks, grid.slots)
+
+
+def from_cube(cube: np.ndarray, grid: WeekGrid) -> np.ndarray:
+    flat = cube.reshape(cube.shape[0], -1)
+    idx = _flat_index(grid)
+    return flat[:, idx] if isinstance(idx, slice) else np.take(flat, idx, axis=1)
 
 
 @dataclass(frozen=True)
@@ -58,21 +71,18 @@ def trailing_how_baseline(x: np.ndarray, grid: WeekGrid, max_weeks: int = 4, rel
     The spread is pooled so a slot whose few samples agree does not get zero spread: it is at least the
     meter's median MAD over all slots, ``rel_floor`` of the expected value, and ``abs_floor``.
     """
-    cube = to_cube(x, grid).transpose(0, 2, 1)  # [M, S, W]: the weeks of a slot side by side
-    m, s, w = cube.shape
-    expected = np.full((m, s, w), np.nan, dtype=np.float32)
-    spread = np.full((m, s, w), np.nan, dtype=np.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are expected: no history yet
-        for week in range(1, w):  # a loop over weeks (a handful), each step vectorized over meters x slots
-            past = cube[:, :, max(0, week - max_weeks):week]
-            med = nanmedian_small(past)
-            mad = nanmedian_small(np.abs(past - med[:, :, None]))
-            pooled = nanmedian_rows(mad)[:, None]
-            expected[:, :, week] = med
-            spread[:, :, week] = np.fmax(np.fmax(mad, pooled), np.fmax(rel_floor * np.abs(med), abs_floor))
-    return Baseline(expected=expected[:, grid.slot, grid.week],
-                    sigma=MAD_TO_SIGMA * spread[:, grid.slot, grid.week])
+    cube = to_cube(x, grid)  # [M, W, S]
+    m, w, s = cube.shape
+    expected = np.full((m, w, s), np.nan, dtype=np.float32)
+    spread = np.full((m, w, s), np.nan, dtype=np.float32)
+    for week in range(1, w):  # a loop over weeks (a handful), each step vectorized over meters x slots
+        past = [cube[:, j] for j in range(max(0, week - max_weeks), week)]
+        med = median_of(past)
+        mad = median_of([np.abs(v - med) for v in past])
+        pooled = nanmedian_rows(mad)[:, None]
+        expected[:, week] = med
+        spread[:, week] = np.fmax(np.fmax(mad, pooled), np.fmax(rel_floor * np.abs(med), abs_floor))
+    return Baseline(expected=from_cube(expected, grid), sigma=MAD_TO_SIGMA * from_cube(spread, grid))
 
 
 def closed_hours_profile(x: np.ndarray, closed: np.ndarray, open_day: np.ndarray,
@@ -87,10 +97,20 @@ def closed_hours_profile(x: np.ndarray, closed: np.ndarray, open_day: np.ndarray
     kind = np.asarray(open_day, dtype=np.int64) * slots_per_day + np.asarray(slot_of_day, dtype=np.int64)
     med = np.full((m, 2 * slots_per_day), np.nan, dtype=np.float32)
     mad = np.full((m, 2 * slots_per_day), np.nan, dtype=np.float32)
-    for k in np.unique(kind[closed]):  # at most 2 x slots per day steps, each over all meters
-        v = x[:, closed & (kind == k)]
-        med[:, k] = nanmedian_rows(v)
-        mad[:, k] = nanmedian_rows(np.abs(v - med[:, k:k + 1]))
+    kinds = np.unique(kind[closed])
+    # gather each kind's columns into one [meters x kinds x occurrences] block: two partitions in all
+    cols = [np.flatnonzero(closed & (kind == k)) for k in kinds]
+    width = max((c.size for c in cols), default=0)
+    if width:
+        idx = np.full((kinds.size, width), x.shape[1], dtype=np.int64)
+        for i, c in enumerate(cols):
+            idx[i, :c.size] = c
+        padded = np.concatenate([x, np.full((m, 1), np.nan, dtype=np.float32)], axis=1)
+        block = padded[:, idx].reshape(m * kinds.size, width)  # one gather
+        k_med = nanmedian_rows(block)
+        k_mad = nanmedian_rows(np.abs(block - k_med[:, None]))
+        med[:, kinds] = k_med.reshape(m, kinds.size)
+        mad[:, kinds] = k_mad.reshape(m, kinds.size)
     pooled = nanmedian_rows(mad)[:, None]
     sigma = MAD_TO_SIGMA * np.fmax(np.fmax(mad, pooled), 0.02 * np.abs(med))
-    return med[:, kind], sigma[:, kind]
+    return np.take(med, kind, axis=1), np.take(sigma, kind, axis=1)

@@ -10,56 +10,55 @@ import numpy as np
 
 
 def nanmedian_rows(a: np.ndarray) -> np.ndarray:
-    """Median of each row of a 2-D array ignoring NaN (NaN for an all-NaN row), by one partition per row block.
+    """Median of each row of a 2-D array ignoring NaN (NaN for an all-NaN row).
 
-    Why it is exact enough: NaNs are replaced half by -inf and half by +inf, which leaves the middle of the row
-    where the median of the valid values is (exact for an even NaN count, off by half a rank for an odd one).
+    ``np.nanmedian`` falls back to per-row Python work when NaN is present; one sort of all rows (NaN sorts
+    last) and picking the middle of each row's valid values is a few array passes.
     """
     a = np.asarray(a, dtype=np.float32)
     r, n = a.shape
     if n == 0:
         return np.full(r, np.nan, dtype=np.float32)
-    nan = np.isnan(a)
-    if nan.any():
-        rank = np.cumsum(nan, axis=1)
-        a = np.where(nan, np.where(rank % 2 == 1, np.inf, -np.inf), a).astype(np.float32)
-    lo, hi = (n - 1) // 2, n // 2
-    part = np.partition(a, (lo, hi), axis=1)
-    med = (part[:, lo] + part[:, hi]) * np.float32(0.5) if lo != hi else part[:, lo].copy()
-    med[~np.isfinite(med)] = np.nan
-    if nan.any():
-        med[nan.all(axis=1)] = np.nan
+    srt = np.sort(a, axis=1)
+    valid = n - np.count_nonzero(np.isnan(a), axis=1)
+    lo = np.maximum((valid - 1) // 2, 0)[:, None]
+    hi = np.minimum(valid // 2, n - 1)[:, None]
+    med = (np.take_along_axis(srt, lo, 1) + np.take_along_axis(srt, hi, 1))[:, 0] * np.float32(0.5)
+    med[valid == 0] = np.nan
     return med
 
 
 _NETWORKS = {1: (), 2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1)), 4: ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))}
 
 
-def nanmedian_small(a: np.ndarray) -> np.ndarray:
-    """Median over a short last axis (up to 4: the weeks of a baseline) ignoring NaN, by a sorting network.
+def median_of(arrays: list[np.ndarray]) -> np.ndarray:
+    """Element-wise median of a few same-shape arrays (the weeks of a baseline) ignoring NaN.
 
-    ``np.sort`` on millions of 4-element rows costs a call per row; a network of element-wise min/max does not.
-    Longer axes fall back to a sort.
+    A sorting network of element-wise min/max: ``np.sort`` on millions of 4-element rows costs a call per row.
     """
-    k = a.shape[-1]
+    k = len(arrays)
     if k not in _NETWORKS:
-        srt = np.sort(a, axis=-1)
-        n = np.sum(~np.isnan(a), axis=-1)
-        lo = np.clip((n - 1) // 2, 0, None)[..., None]
-        hi = np.minimum(n // 2, k - 1)[..., None]
-        med = (np.take_along_axis(srt, lo, -1) + np.take_along_axis(srt, hi, -1))[..., 0] / 2
-        return np.where(n > 0, med, np.nan).astype(np.float32)
-    nan = np.isnan(a)
-    n = k - nan.sum(axis=-1)
-    v = [np.where(nan[..., i], np.float32(np.inf), a[..., i]) for i in range(k)]
+        stacked = np.stack(arrays, axis=-1)
+        with np.errstate(invalid="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return np.nanmedian(stacked, axis=-1).astype(np.float32)
+    nan = [np.isnan(a) for a in arrays]
+    any_nan = any(isn.any() for isn in nan)
+    v = [np.where(isn, np.float32(np.inf), a) if any_nan else a for a, isn in zip(arrays, nan, strict=True)]
     for i, j in _NETWORKS[k]:
         v[i], v[j] = np.minimum(v[i], v[j]), np.maximum(v[i], v[j])
-    # median of the n finite values, which are sorted first: (v[(n-1)//2] + v[n//2]) / 2
+    if not any_nan:
+        return ((v[(k - 1) // 2] + v[k // 2]) * np.float32(0.5)).astype(np.float32)
+    n = k - np.sum(nan, axis=0)
+    # median of the n finite values, which come first: (v[(n-1)//2] + v[n//2]) / 2
     med = np.full(n.shape, np.nan, dtype=np.float32)
     for count in range(1, k + 1):
         sel = n == count
         if sel.any():
-            med[sel] = ((v[(count - 1) // 2] + v[count // 2]) * np.float32(0.5))[sel]
+            np.copyto(med, (v[(count - 1) // 2] + v[count // 2]) * np.float32(0.5), where=sel)
     return med
 
 

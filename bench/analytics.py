@@ -1,0 +1,73 @@
+"""Detector pass speed: 100,000 meters x 672 hourly buckets (float32) against one np.sum pass and against a
+straightforward per-meter loop (the same detectors called one meter at a time) on a subsample, scaled.
+
+    python bench/analytics.py [--meters 100000] [--loop-sample 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import tracemalloc
+
+import numpy as np
+
+from analytics.detectors import detect
+from bems.calendar import default_calendar
+
+
+def matrix(meters: int, buckets: int, masks, seed: int = 0) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Office-shaped hourly consumption with noise, a few gaps and some faults."""
+    rng = np.random.default_rng(seed)
+    level = rng.uniform(5, 200, (meters, 1)).astype(np.float32)
+    shape = np.where(masks.working, 1.0, 0.25).astype(np.float32)[None, :]
+    x = level * shape * (1 + 0.05 * rng.standard_normal((meters, buckets), dtype=np.float32))
+    x[rng.random((meters, buckets)) < 0.001] = np.nan
+    x[:, -100:][rng.random((meters, 100)) < 0.0005] *= 8
+    return x
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--meters", type=int, default=100_000)
+    ap.add_argument("--buckets", type=int, default=672)
+    ap.add_argument("--loop-sample", type=int, default=200)
+    args = ap.parse_args()
+    times = np.datetime64("2026-10-03T20:30") + np.arange(args.buckets) * np.timedelta64(3600, "s")
+    masks = default_calendar().bucket_masks(times, np.timedelta64(3600, "s"))
+    x = matrix(args.meters, args.buckets, masks)
+    mb = x.nbytes / 2**20
+
+    sums = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        float(np.sum(x, dtype=np.float32))
+        sums.append(time.perf_counter() - t0)
+    t_sum = min(sums)
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    det = detect(x, masks=masks, step_minutes=60, with_expected=False)
+    t_detect = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+
+    sample = x[: args.loop_sample]
+    t0 = time.perf_counter()
+    for row in sample:  # the straightforward way: one meter at a time
+        detect(row[None, :], masks=masks, step_minutes=60, with_expected=False)
+    t_loop = (time.perf_counter() - t0) * args.meters / args.loop_sample
+
+    flagged = float(det.is_anomaly.mean())
+    print(f"matrix {args.meters} x {args.buckets} float32 = {mb:.0f} MiB; flagged {flagged:.4%} of buckets")
+    print(f"np.sum pass            {t_sum * 1000:10.1f} ms")
+    print(f"detector pass          {t_detect * 1000:10.1f} ms  ({args.meters / t_detect:,.0f} meters/s)")
+    print(f"per-meter loop, scaled {t_loop * 1000:10.1f} ms  (measured on {args.loop_sample} meters)")
+    print(f"peak traced memory     {peak:10.1f} MiB  ({peak / mb:.2f}x the matrix)")
+    print(f"goal detect_vs_np_sum {t_detect / t_sum:.1f} target <= 20")
+    print(f"goal loop_vs_detect {t_loop / t_detect:.1f} target >= 100")
+    print(f"goal peak_memory_vs_matrix {peak / mb:.2f} target < 4")
+
+
+if __name__ == "__main__":
+    main()
