@@ -60,6 +60,12 @@ def _stage(module: str):  # type: ignore[no-untyped-def]
     return run
 
 
+def _sim(args: argparse.Namespace) -> int:
+    from simulators.cli import main
+
+    return main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bems", description="Energy monitoring for government buildings.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -85,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--role", choices=["admin", "facility_manager", "utility"])
     u.add_argument("--scope", help="comma-separated building ids (facility_manager) or commodities (utility)")
     u.set_defaults(func=_users)
+
+    sim = sub.add_parser("sim", help="simulated meters: serve, inject a fault, write history", add_help=False)
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=_sim)
 
     for name, help_text in (("edge", "run an edge agent"), ("collector", "run the collector"),
                             ("analytics", "run the detectors"), ("api", "run the API and dashboard"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,6 +99,40 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def write_columns(self, meters: Sequence[str], buildings: Sequence[str], times: np.ndarray,
+                      columns: Mapping[str, np.ndarray], *, edge: str, valid: np.ndarray | None = None,
+                      batch: int = 20_000) -> WriteResult:
+        """Bulk write of a ``[meters x time]`` block (history, imports): one reading per meter and time with its
+        non-NaN fields; ``times`` is ``datetime64`` ``[T]`` or ``[M, T]``; ``valid`` False drops a reading.
+
+        This default builds readings and calls :meth:`write` in batches; a backend may override it with a path
+        that skips the reading objects. Sequence numbers are the time index.
+        """
+        names = list(columns)
+        if not names or not len(meters):
+            return WriteResult(0, 0)
+        stack = np.stack([np.asarray(columns[n], dtype=np.float64) for n in names])  # [F, M, T]
+        present = ~np.isnan(stack)
+        keep = present.any(axis=0)
+        if valid is not None:
+            keep &= np.asarray(valid, dtype=bool)
+        ms = np.broadcast_to(np.asarray(times).astype("datetime64[ms]").astype(np.int64), keep.shape)
+        rows, cols = np.nonzero(keep)
+        stamp = {int(v): from_ms(int(v)) for v in np.unique(ms[rows, cols])}
+        written = duplicates = 0
+        for i in range(0, len(rows), batch):
+            r, c = rows[i:i + batch], cols[i:i + batch]
+            vals, pres = stack[:, r, c].T.tolist(), present[:, r, c].T.tolist()
+            readings = [Reading.model_construct(v=1, meter=meters[ri], building=buildings[ri], edge=edge,
+                                                ts=stamp[t], seq=ci, quality="good",
+                                                values={n: x for n, x, ok in zip(names, vr, pr, strict=True) if ok})
+                        for ri, ci, t, vr, pr in zip(r.tolist(), c.tolist(), ms[r, c].tolist(), vals, pres,
+                                                     strict=True)]
+            res = self.write(readings)
+            written += res.written
+            duplicates += res.duplicates
+        return WriteResult(written, duplicates)
 
     def read_consumption(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime,
                          bucket: dt.timedelta) -> Matrix:
