@@ -3,9 +3,10 @@
 Electricity is the sum of a base load (servers, security, fridges), lighting and office equipment that follow
 occupancy, and HVAC: fans in office hours plus cooling above the 25 C setpoint, started half an hour before
 opening. Gas is heating below the 18 C setpoint (started before opening, off an hour before closing, as the
-directive asks) and a night setback. Water follows occupancy. Occupancy ramps up around opening and down after
-closing on the office calendar's open days (decreed hours as data, IR public holidays). Outdoor temperature has
-a yearly and a daily cycle plus a day-to-day weather swing. Noise is multiplicative.
+directive asks), frost protection at night, and hot water and kitchen use that follow occupancy. Water follows
+occupancy. Occupancy ramps up around opening and down after closing on the office calendar's open days (decreed
+hours as data, IR public holidays). Outdoor temperature has a yearly and a daily cycle plus a day-to-day
+weather swing. Noise is multiplicative.
 
 Every term is a function of the instant alone (no state, no convolution), so the live server, which asks for
 one instant per tick, and the history generator, which asks for weeks at once, compute the same numbers.
@@ -28,6 +29,7 @@ from simulators.faults import Fault, apply_rate_faults
 
 COOLING_SETPOINT_C = 25.0  # directive: cooling not below 25 C
 HEATING_SETPOINT_C = 18.0  # directive: heating not above 18 C
+FROST_PROTECTION_C = 5.0  # after hours the boiler only keeps the pipes from freezing
 KINDS = ("electricity", "gas", "water", "temperature")
 
 
@@ -121,8 +123,9 @@ class FleetModel:
 
         elec = (p["base_fraction"] + p["lighting_share"] * light + p["equipment_share"] * occ
                 + (p["fan_share"] + p["cooling_per_deg"] * cooling) * cool_sched)
-        gas = (p["base_fraction"] + p["heating_per_deg"] * heating * (0.25 + 0.75 * heat_sched)
-               + 0.05 * occ)
+        frost = np.clip(FROST_PROTECTION_C - temp, 0, None)[None, :]
+        gas = (p["base_fraction"] + p["heating_per_deg"] * (heating * heat_sched + 0.1 * frost)
+               + 0.08 * occ)
         water = p["base_fraction"] * 0.3 + (1 - p["base_fraction"]) * occ * 0.8
         frac = np.where(p["electricity"], elec, np.where(p["gas"], gas, water))
         if rng is not None and self.noise > 0:
@@ -265,7 +268,7 @@ def meter_model(m: Meter, fleet: Fleet, seed: int) -> MeterModel:
                           equipment_share=0.35, fan_share=0.08, cooling_per_deg=0.025, start_counter=start)
     area = fleet.building_by_id[m.building].floor_area_m2
     if kind == "gas":
-        return MeterModel(**common, peak=area / 1000 * 4.0 * (0.8 + 0.4 * u), base_fraction=0.04 + 0.03 * u,
+        return MeterModel(**common, peak=area / 1000 * 4.0 * (0.8 + 0.4 * u), base_fraction=0.015 + 0.01 * u,
                           heating_per_deg=0.06, start_counter=1_000 + 9_000 * u)
     return MeterModel(**common, peak=area / 1000 * 0.35 * (0.8 + 0.4 * u), base_fraction=0.1 + 0.05 * u,
                       start_counter=1_000 + 9_000 * u)

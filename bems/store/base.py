@@ -106,8 +106,8 @@ class Store(ABC):
         """Bulk write of a ``[meters x time]`` block (history, imports): one reading per meter and time with its
         non-NaN fields; ``times`` is ``datetime64`` ``[T]`` or ``[M, T]``; ``valid`` False drops a reading.
 
-        This default builds readings and calls :meth:`write` in batches; a backend may override it with a path
-        that skips the reading objects. Sequence numbers are the time index.
+        This default builds readings meter by meter and calls :meth:`write` in batches; a backend may override
+        it with a path that skips the reading objects. Sequence numbers are the time index.
         """
         names = list(columns)
         if not names or not len(meters):
@@ -118,20 +118,33 @@ class Store(ABC):
         if valid is not None:
             keep &= np.asarray(valid, dtype=bool)
         ms = np.broadcast_to(np.asarray(times).astype("datetime64[ms]").astype(np.int64), keep.shape)
-        rows, cols = np.nonzero(keep)
-        stamp = {int(v): from_ms(int(v)) for v in np.unique(ms[rows, cols])}
+        stamp = {int(v): from_ms(int(v)) for v in np.unique(ms[keep])}
+        fields_set = set(Reading.model_fields)
         written = duplicates = 0
-        for i in range(0, len(rows), batch):
-            r, c = rows[i:i + batch], cols[i:i + batch]
-            vals, pres = stack[:, r, c].T.tolist(), present[:, r, c].T.tolist()
-            readings = [Reading.model_construct(v=1, meter=meters[ri], building=buildings[ri], edge=edge,
-                                                ts=stamp[t], seq=ci, quality="good",
-                                                values={n: x for n, x, ok in zip(names, vr, pr, strict=True) if ok})
-                        for ri, ci, t, vr, pr in zip(r.tolist(), c.tolist(), ms[r, c].tolist(), vals, pres,
-                                                     strict=True)]
-            res = self.write(readings)
-            written += res.written
-            duplicates += res.duplicates
+        pending: list[Reading] = []
+        for row in range(len(meters)):
+            cols = np.flatnonzero(keep[row])
+            if not cols.size:
+                continue
+            used = present[:, row, cols]
+            own = [i for i in range(len(names)) if used[i].any()]
+            own_names = [names[i] for i in own]
+            dense = bool(used[own].all())  # the usual case: every reading has the same fields
+            vals = stack[own][:, row, cols].T.tolist()
+            flags = None if dense else used[own].T.tolist()
+            meter, building = meters[row], buildings[row]
+            for k, (c, t) in enumerate(zip(cols.tolist(), ms[row, cols].tolist(), strict=True)):
+                values = (dict(zip(own_names, vals[k], strict=True)) if flags is None else
+                          {n: x for n, x, ok in zip(own_names, vals[k], flags[k], strict=True) if ok})
+                pending.append(Reading.model_construct(_fields_set=fields_set, v=1, meter=meter, building=building,
+                                                       edge=edge, ts=stamp[t], seq=c, values=values,
+                                                       quality="good"))
+            if len(pending) >= batch:
+                res = self.write(pending)
+                written, duplicates, pending = written + res.written, duplicates + res.duplicates, []
+        if pending:
+            res = self.write(pending)
+            written, duplicates = written + res.written, duplicates + res.duplicates
         return WriteResult(written, duplicates)
 
     def read_consumption(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime,
