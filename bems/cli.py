@@ -106,7 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "rest"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # argparse leaves a pass-through command's leading --flags out of its REMAINDER
+        args.rest = [*extra, *args.rest]
     try:
         return int(args.func(args))
     except BemsError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,12 +48,6 @@ def _inject(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from simulators.__main__ import main
-
-    return main(args.rest)
-
-
 def _history(args: argparse.Namespace) -> int:
     from bems.fleet import load_fleet
     from bems.store import open_store
@@ -78,10 +73,7 @@ def _history(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bems sim", description="Simulated Modbus meters with faults.")
     sub = p.add_subparsers(dest="action", required=True)
-    s = sub.add_parser("serve", help="serve the fleet's meters (the flags of python -m simulators)",
-                       add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    s.set_defaults(func=_serve)
+    sub.add_parser("serve", help="serve the fleet's meters (the flags of python -m simulators)", add_help=False)
 
     i = sub.add_parser("inject", help="inject a fault into a running simulator (its --control-port)")
     i.add_argument("--control", required=True, help="control API URL, e.g. http://127.0.0.1:15080")
@@ -107,5 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # every flag belongs to python -m simulators, --help included
+        from simulators.__main__ import main as serve
+
+        return serve(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))

@@ -142,6 +142,22 @@ def test_backfill_writes_store_with_gaps_and_labels(tmp_path: Path) -> None:
     assert json.loads(rows[1]["params"]) == {"factor": 10.0, "field": None}
 
 
+def test_bems_sim_history_writes_a_store_and_labels(tmp_path: Path) -> None:
+    fleet = mixed_fleet(tmp_path / "fleet.yaml")
+    scenario = tmp_path / "scenario.yaml"
+    scenario.write_text("faults:\n  - {type: stuck, meter: b.gas, start: 2025-01-19T06:00:00Z,"
+                        " end: 2025-01-19T09:00:00Z}\n")
+    store_url, labels = f"sqlite:///{tmp_path}/h.db", tmp_path / "labels.csv"
+    assert cli.main(["sim", "history", "--config", str(fleet), "--store", store_url, "--days", "1", "--end",
+                     "2025-01-20T00:00:00Z", "--scenario", str(scenario), "--labels", str(labels)]) == 0
+    with open_store(store_url) as store:
+        assert store.count() == len(MIXED) * 96
+        gas = store.read_matrix(["b.gas"], "volume_m3", dt.datetime(2025, 1, 19, 6, tzinfo=dt.UTC),
+                                dt.datetime(2025, 1, 19, 9, tzinfo=dt.UTC), dt.timedelta(minutes=15), "last")
+    assert np.unique(gas.values).size == 1  # stuck for three hours
+    assert [r["type"] for r in read_labels(labels)] == ["stuck"]
+
+
 # ---- serving -----------------------------------------------------------------------------------------------
 
 def serve(fleet: Fleet, model: FleetModel, clock: ManualClock, **kw: object) -> MeterServer:
