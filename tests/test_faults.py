@@ -412,3 +412,24 @@ def test_fault_in_history_and_labels(history: dict[str, Any], fault_type: str) -
     assert (fault.meter, fault_type, fault.start.isoformat(), fault.end.isoformat()) in rows
     params = next(json.loads(r["params"]) for r in read_labels(history["labels"]) if r["type"] == fault_type)
     assert params == fault.params
+
+
+@pytest.mark.parametrize(("profile", "words_at_top"), [
+    ("adam6050", [0xFFFB, 0xFFFF]),  # uint32 pulses, low word first: 2**32 - 5
+    ("em24", [0xFFFB, 0x7FFF]),  # signed INT32 kWh x10 counts in its positive half, low word first: 2**31 - 5
+    ("iem3000", [0x7FFF, 0xFFFF, 0xFFFF, 0xFEC7]),  # signed INT64 Wh, high word first: 2**63 - 313
+])
+def test_rollover_puts_each_counter_encoding_at_its_width(profile: str, words_at_top: list[int]) -> None:
+    headroom = 0.313 if profile == "iem3000" else (0.5 if profile == "em24" else 0.05)
+    commodity = "water" if profile == "adam6050" else "electricity"
+    model = FleetModel(meters=[MeterModel(meter="t.m", building="t", commodity=commodity, profile=profile,
+                                          peak=50.0, base_fraction=0.3, start_counter=1234.0)], noise=0.0)
+    clock = ManualClock(MONDAY_1130_TEHRAN)
+    server = MeterServer(model, {"t.m": Placement(1, port=1)}, clock=clock)
+    spec = next(r for r in load_profile(profile).registers if r.cumulative)
+    start = clock.datetime
+    server.inject(fault_from_spec(FaultSpec.model_validate(
+        {"type": "rollover", "meter": "t.m", "start": start, "end": start + dt.timedelta(hours=1),
+         "headroom": headroom}), model, "test"))
+    sm = server.meters["t.m"]
+    assert server.words(sm, spec, sm.values[spec.field], server.active_faults("t.m")) == words_at_top
