@@ -96,7 +96,7 @@ def detect(x: np.ndarray, *, masks: CalendarMasks, step_minutes: int, params: De
     p = params or DetectorParams()
     x = np.asarray(x, dtype=np.float32)
     m, t = x.shape
-    grid = week_grid(masks.local_weekday, masks.minute_of_day, step_minutes)
+    grid = week_grid(masks.local_weekday, masks.minute, step_minutes)
     out = Detection(kind=np.empty((m, t), dtype=np.int8), score=np.empty((m, t), dtype=np.float32),
                     expected=np.empty((m, t), dtype=np.float32) if with_expected else None,
                     excess=np.empty((m, t), dtype=np.float32) if with_expected else None)
@@ -160,7 +160,7 @@ def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, 
         base = trailing_how_baseline(clean, grid, max_weeks=p.max_weeks)
         z = (clean - base.expected) / base.sigma
         exp_closed, sigma_closed = closed_hours_profile(clean, closed, masks.open_day,
-                                                        masks.minute_of_day // step_minutes, 1440 // step_minutes)
+                                                        masks.minute // step_minutes, 1440 // step_minutes)
         expected = np.where(closed[None, :], exp_closed, np.where(np.isnan(base.expected), working_level,
                                                                    base.expected))
 

@@ -74,7 +74,7 @@ class OfficeCalendar(BaseModel):
     def holiday_names(self, years: range) -> dict[dt.date, str]:
         names: dict[dt.date, str] = {}
         if self.public_holidays:
-            names.update(holidays.country_holidays("IR", years=list(years)))
+            names.update(_ir_holidays(years.start, years.stop))
         return names
 
     def masks(self, times: np.ndarray) -> CalendarMasks:
@@ -100,10 +100,11 @@ class OfficeCalendar(BaseModel):
             day_holiday[i] = is_holiday
             day_open[i] = (_WEEKDAYS[d.weekday()] in v.workdays and not is_holiday) or (o is not None and not o.closed)
             opens[i], closes[i] = v.open_minute, v.close_minute
-        working = day_open[inv] & (minute >= opens[inv]) & (minute < closes[inv])
-        return CalendarMasks(working=working, holiday=day_holiday[inv], open_day=day_open[inv],
-                             local_hour=(minute // 60).astype(np.int8), minute_of_day=minute.astype(np.int16),
-                             local_weekday=((days.astype(np.int64) + 3) % 7).astype(np.int8))
+        in_hours = (minute >= opens[inv]) & (minute < closes[inv])
+        return CalendarMasks(working=day_open[inv] & in_hours, holiday=day_holiday[inv], open_day=day_open[inv],
+                             local_hour=(minute // 60).astype(np.int8),
+                             local_weekday=((days.astype(np.int64) + 3) % 7).astype(np.int8),
+                             minute=minute, open_minute=opens[inv], close_minute=closes[inv])
 
 
     def bucket_masks(self, starts: np.ndarray, bucket: np.timedelta64 | int) -> CalendarMasks:
@@ -116,10 +117,7 @@ class OfficeCalendar(BaseModel):
         width = np.timedelta64(bucket, "s") if isinstance(bucket, int) else bucket.astype("timedelta64[s]")
         first, mid, last = (self.masks(t + off) for off in (np.timedelta64(0, "s"), width // 2,
                                                             width - np.timedelta64(1, "s")))
-        return CalendarMasks(working=first.working | mid.working | last.working,
-                             holiday=first.holiday, open_day=first.open_day,
-                             local_hour=first.local_hour, minute_of_day=first.minute_of_day,
-                             local_weekday=first.local_weekday)
+        return first.model_copy(update={"working": first.working | mid.working | last.working})
 
 
 class CalendarMasks(BaseModel):
@@ -131,12 +129,21 @@ class CalendarMasks(BaseModel):
     holiday: np.ndarray
     open_day: np.ndarray
     local_hour: np.ndarray
-    minute_of_day: np.ndarray  # local
     local_weekday: np.ndarray  # Monday = 0, as Python's date.weekday()
+    minute: np.ndarray  # local minute of the day
+    open_minute: np.ndarray | None = None  # the decreed opening of the version in force that day
+    close_minute: np.ndarray | None = None
 
     @property
     def after_hours(self) -> np.ndarray:
         return ~self.working
+
+    @property
+    def in_hours(self) -> np.ndarray:
+        """Within the decreed hours of the day, open or not (a holiday at 10:00 is in hours, not working)."""
+        if self.minute is None or self.open_minute is None or self.close_minute is None:
+            raise ValueError("these masks were built without minutes; use OfficeCalendar.masks")
+        return (self.minute >= self.open_minute) & (self.minute < self.close_minute)
 
 
 def _utc_offsets(t: np.ndarray, tz: str) -> np.ndarray:
@@ -148,6 +155,12 @@ def _utc_offsets(t: np.ndarray, tz: str) -> np.ndarray:
     offs = np.array([int(dt.datetime.fromtimestamp(int(h.astype("datetime64[s]").astype(np.int64)), zone)
                          .utcoffset().total_seconds()) for h in hours], dtype=np.int64)
     return offs[inv].astype("timedelta64[s]")
+
+
+@cache
+def _ir_holidays(first_year: int, stop_year: int) -> dict[dt.date, str]:
+    """IR public holidays, built once per span of years (the live simulator asks every tick)."""
+    return dict(holidays.country_holidays("IR", years=list(range(first_year, stop_year))))
 
 
 @cache

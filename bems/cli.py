@@ -71,6 +71,12 @@ def _stage(module: str):  # type: ignore[no-untyped-def]
     return run
 
 
+def _sim(args: argparse.Namespace) -> int:
+    from simulators.cli import main
+
+    return main(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bems", description="Energy monitoring for government buildings.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--scope", help="comma-separated building ids (facility_manager) or commodities (utility)")
     u.set_defaults(func=_users)
 
+    sim = sub.add_parser("sim", help="simulated meters: serve, inject a fault, write history", add_help=False)
+    sim.add_argument("rest", nargs=argparse.REMAINDER)
+    sim.set_defaults(func=_sim)
+
     for name, help_text in (("edge", "run an edge agent"), ("collector", "run the collector"),
                             ("analytics", "run the detectors"), ("api", "run the API and dashboard"),
                             ("simulators", "run simulated meters")):
@@ -113,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "rest"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # argparse leaves a pass-through command's leading --flags out of its REMAINDER
+        args.rest = [*extra, *args.rest]
     try:
         return int(args.func(args))
     except BemsError as exc:

@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bems.errors import ConfigError
@@ -40,10 +41,24 @@ class RegisterSpec(BaseModel):
     unit: str
     cumulative: bool = False
     wire_field: str | None = None
+    wire_unit: str | None = Field(None, description="unit of the raw register when it differs (kW, Wh, pulses)")
 
     @property
     def words(self) -> int:
         return WORDS[self.type]
+
+    @property
+    def is_integer(self) -> bool:
+        return self.type not in ("float32", "float64")
+
+    @property
+    def counter_modulus(self) -> int:
+        """Where an integer counter wraps to zero: after the largest value the register holds.
+
+        A signed register counts in its non-negative half; meters restart at zero rather than go negative.
+        """
+        bits = 16 * self.words
+        return 1 << (bits - 1) if self.type.startswith("int") else 1 << bits
 
 
 class DeviceProfile(BaseModel):
@@ -109,8 +124,12 @@ def load_profile(name: str) -> DeviceProfile:
     path = PROFILE_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown device profile {name!r}; allowed: {', '.join(available_profiles())}")
-    data = load_yaml(path)
-    return parse_model(DeviceProfile, data, str(path))
+    return load_profile_file(path)
+
+
+def load_profile_file(path: Path) -> DeviceProfile:
+    """Parse one profile file; errors name the file, the key and what is allowed."""
+    return parse_model(DeviceProfile, load_yaml(path), str(path))
 
 
 def _to_bytes(regs: list[int], spec: RegisterSpec) -> bytes:
@@ -139,6 +158,68 @@ def encode(value: float, spec: RegisterSpec) -> list[int]:
     fmt = ">" if spec.byte_order == "big" else "<"
     words = [struct.unpack(f"{fmt}H", data[i:i + 2])[0] for i in range(0, len(data), 2)]
     return words if spec.word_order == "big" else list(reversed(words))
+
+
+_NP_TYPE = {"uint16": ">u2", "int16": ">i2", "uint32": ">u4", "int32": ">i4", "uint64": ">u8", "int64": ">i8",
+            "float32": ">f4", "float64": ">f8"}
+
+
+def raw_array(values: np.ndarray, spec: RegisterSpec) -> np.ndarray:
+    """Engineering values -> the register's raw numbers (rounded and wrapped for integers), vectorized.
+
+    NaN becomes 0 for integer registers (the caller keeps its own mask of missing values).
+    """
+    x = np.asarray(values, dtype=np.float64) / spec.scale
+    if not spec.is_integer:
+        return x.astype(_NP_TYPE[spec.type][1:])
+    x = np.rint(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
+    if spec.type == "uint64":
+        return np.where(x < 0, x + 2.0**64, x).astype(np.uint64)
+    return x.astype(np.int64).astype(_NP_TYPE[spec.type][1:])  # C casts wrap modulo the register width
+
+
+def words_of_raw(raw: np.ndarray, spec: RegisterSpec) -> np.ndarray:
+    """Raw numbers -> register words in wire order, shape ``[N, words]`` (the vectorized :func:`encode`)."""
+    big = np.ascontiguousarray(np.asarray(raw).astype(_NP_TYPE[spec.type]).reshape(-1))
+    words = big.view(">u2").reshape(-1, spec.words).astype(np.uint16)
+    if spec.byte_order == "little":
+        words = (words << 8) | (words >> 8)
+    return words if spec.word_order == "big" else words[:, ::-1]
+
+
+def raw_of_words(words: np.ndarray, spec: RegisterSpec) -> np.ndarray:
+    """Register words in wire order, shape ``[N, words]`` -> raw numbers in the register's type."""
+    w = np.asarray(words, dtype=np.uint16).reshape(-1, spec.words)
+    if spec.word_order == "little":
+        w = w[:, ::-1]
+    if spec.byte_order == "little":
+        w = (w << 8) | (w >> 8)
+    return np.ascontiguousarray(w).astype(">u2").reshape(-1).view(_NP_TYPE[spec.type])
+
+
+def encode_array(values: np.ndarray, spec: RegisterSpec) -> np.ndarray:
+    return words_of_raw(raw_array(values, spec), spec)
+
+
+def decode_array(words: np.ndarray, spec: RegisterSpec) -> np.ndarray:
+    """The vectorized :func:`decode`: what a client reads from these words, in engineering units."""
+    return raw_of_words(words, spec).astype(np.float64) * spec.scale
+
+
+def quantize(values: np.ndarray, spec: RegisterSpec) -> np.ndarray:
+    """Values as a client reads them back through the register (resolution, float32 rounding); NaN kept."""
+    v = np.asarray(values, dtype=np.float64)
+    out = raw_array(v, spec).astype(np.float64) * spec.scale
+    return np.where(np.isnan(v), np.nan, out)
+
+
+def encode_raw(raw: int, spec: RegisterSpec) -> list[int]:
+    """An integer register's raw count -> words in wire order, wrapped at the register width (no scale)."""
+    nbytes = 2 * spec.words
+    data = (raw % (1 << 8 * nbytes)).to_bytes(nbytes, "big")
+    fmt = ">" if spec.byte_order == "big" else "<"
+    words = [struct.unpack(f"{fmt}H", data[i:i + 2])[0] for i in range(0, nbytes, 2)]
+    return words if spec.word_order == "big" else words[::-1]
 
 
 class ReadBlock(BaseModel):

@@ -18,3 +18,5 @@ class SimulatorSettings(StageSettings):
     store: str | None = Field(None, description="store URL for the backfill")
     scenario: Path | None = Field(None, description="fault scenario file (YAML)")
     labels: Path | None = Field(None, description="append injected faults to this CSV label file")
+    control_port: int | None = Field(None, ge=0, le=65535,
+                                     description="serve the fault-injection API on 127.0.0.1:PORT (0: any free port)")

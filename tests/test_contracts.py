@@ -36,7 +36,7 @@ def test_demo_fleet_loads() -> None:
      "meters[0](id=a.m).commodity: Input should be 'electricity', 'gas' or 'water'"),
     ("buildings: [{id: a, name: A, city: T, floor_area_m2: 1}]\n"
      "meters: [{id: a.m, building: a, commodity: water, device: {profile: nope}}]",
-     "unknown profile 'nope'; allowed: adam6050, sdm630"),
+     "unknown profile 'nope'; allowed: adam6050, em24, iem3000, outdoor_temp, sdm630"),
     ("buildings: [{id: a, name: A, city: T, floor_area_m2: 1}]\n"
      "meters: [{id: b.m, building: b, commodity: water, device: {profile: adam6050}}]",
      "meter 'b.m': unknown building 'b'; known: a"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -99,6 +99,53 @@ class Store(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def write_columns(self, meters: Sequence[str], buildings: Sequence[str], times: np.ndarray,
+                      columns: Mapping[str, np.ndarray], *, edge: str, valid: np.ndarray | None = None,
+                      batch: int = 20_000) -> WriteResult:
+        """Bulk write of a ``[meters x time]`` block (history, imports): one reading per meter and time with its
+        non-NaN fields; ``times`` is ``datetime64`` ``[T]`` or ``[M, T]``; ``valid`` False drops a reading.
+
+        This default builds readings meter by meter and calls :meth:`write` in batches; a backend may override
+        it with a path that skips the reading objects. Sequence numbers are the time index.
+        """
+        names = list(columns)
+        if not names or not len(meters):
+            return WriteResult(0, 0)
+        stack = np.stack([np.asarray(columns[n], dtype=np.float64) for n in names])  # [F, M, T]
+        present = ~np.isnan(stack)
+        keep = present.any(axis=0)
+        if valid is not None:
+            keep &= np.asarray(valid, dtype=bool)
+        ms = np.broadcast_to(np.asarray(times).astype("datetime64[ms]").astype(np.int64), keep.shape)
+        stamp = {int(v): from_ms(int(v)) for v in np.unique(ms[keep])}
+        fields_set = set(Reading.model_fields)
+        written = duplicates = 0
+        pending: list[Reading] = []
+        for row in range(len(meters)):
+            cols = np.flatnonzero(keep[row])
+            if not cols.size:
+                continue
+            used = present[:, row, cols]
+            own = [i for i in range(len(names)) if used[i].any()]
+            own_names = [names[i] for i in own]
+            dense = bool(used[own].all())  # the usual case: every reading has the same fields
+            vals = stack[own][:, row, cols].T.tolist()
+            flags = None if dense else used[own].T.tolist()
+            meter, building = meters[row], buildings[row]
+            for k, (c, t) in enumerate(zip(cols.tolist(), ms[row, cols].tolist(), strict=True)):
+                values = (dict(zip(own_names, vals[k], strict=True)) if flags is None else
+                          {n: x for n, x, ok in zip(own_names, vals[k], flags[k], strict=True) if ok})
+                pending.append(Reading.model_construct(_fields_set=fields_set, v=1, meter=meter, building=building,
+                                                       edge=edge, ts=stamp[t], seq=c, values=values,
+                                                       quality="good"))
+            if len(pending) >= batch:
+                res = self.write(pending)
+                written, duplicates, pending = written + res.written, duplicates + res.duplicates, []
+        if pending:
+            res = self.write(pending)
+            written, duplicates = written + res.written, duplicates + res.duplicates
+        return WriteResult(written, duplicates)
 
     def read_consumption(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime,
                          bucket: dt.timedelta) -> Matrix:
