@@ -9,19 +9,19 @@ a meter on its own. Large fleets are processed in blocks of meters so memory sta
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
 from analytics.baseline import closed_hours_profile, trailing_how_baseline, week_grid
+from analytics.fastops import centered_median5, keep_runs, nanmedian_rows, paint, rolling_mean, runs
 from analytics.fastops import ewma as _ewma
-from analytics.fastops import keep_runs, paint, rolling_mean, runs
 from bems.calendar import CalendarMasks
 
 # priority order: the first flagged type names the bucket
 ANOMALY_TYPES = ("negative", "implausible", "gap", "flatline", "spike", "holiday", "after_hours", "step", "drift",
                  "peak")
-_WASTE_AND_ABOVE = 7  # negative .. after_hours: what a level change must not be explained by
 BLOCK_CELLS = 2_000_000  # meters x buckets per block: temporaries stay a few tens of MB
 
 
@@ -32,7 +32,8 @@ class DetectorParams:
     #: spike: robust z-score against the hour-of-week baseline, for runs of at most ``spike_max_buckets``
     spike_z: float = 8.0
     spike_max_buckets: int = 2
-    #: waste after hours / on holidays: excess over the closed-hours level of that slot must exceed both
+    #: waste after hours (open days) / on closed days ("holiday": weekends and holidays): excess over the
+    #: closed-hours level of that slot must exceed both
     #: ``waste_z`` robust sigmas and ``waste_rel`` x the meter's working-hours level
     waste_z: float = 4.0
     waste_rel: float = 0.15
@@ -57,6 +58,26 @@ class DetectorParams:
     implausible_factor: float = 20.0
     #: weeks of history in the hour-of-week baseline
     max_weeks: int = 4
+
+
+#: Per-commodity departures from the defaults. Heating gas follows the weather, which the hour-of-week baseline
+#: does not know, so its level changes need wider bands; pulse counters at 0.01 m3 make small flows lumpy.
+COMMODITY_PARAMS: dict[str, dict[str, float]] = {
+    "gas": {"step_z": 6.0, "drift_z": 4.0, "spike_z": 12.0},
+    "water": {"spike_z": 12.0},
+}
+
+
+def params_for(commodities: Sequence[str], base: DetectorParams | None = None) -> DetectorParams:
+    """Per-meter parameters for a matrix whose rows have these commodities (arrays where they differ)."""
+    base = base or DetectorParams()
+    changes: dict[str, np.ndarray] = {}
+    for name in {k for overrides in COMMODITY_PARAMS.values() for k in overrides}:
+        default = getattr(base, name)
+        values = np.array([COMMODITY_PARAMS.get(c, {}).get(name, default) for c in commodities], dtype=np.float32)
+        if (values != default).any():
+            changes[name] = values
+    return replace(base, **changes)
 
 
 def param_names() -> list[str]:
@@ -86,12 +107,13 @@ class Detection:
 
 def detect(x: np.ndarray, *, masks: CalendarMasks, step_minutes: int, params: DetectorParams | None = None,
            rated_per_bucket: np.ndarray | None = None, contracted_kw: np.ndarray | None = None,
-           with_expected: bool = True) -> Detection:
+           with_expected: bool = True, cumulative: bool = True) -> Detection:
     """Run every detector on consumption ``x`` [M, T] (per bucket of ``step_minutes``) and type each bucket.
 
     ``masks`` are the building calendar's masks over T (``OfficeCalendar.bucket_masks``); ``rated_per_bucket``
     [M] is the most a meter can use in one bucket; ``contracted_kw`` [M] (NaN: none) enables the peak detector.
-    Per-meter parameters given as arrays are split with the meters.
+    Per-meter parameters given as arrays are split with the meters. ``cumulative=False`` reads ``x`` as an
+    instantaneous quantity (mean power per bucket): a stuck register then repeats its value instead of reading 0.
     """
     p = params or DetectorParams()
     x = np.asarray(x, dtype=np.float32)
@@ -106,7 +128,7 @@ def detect(x: np.ndarray, *, masks: CalendarMasks, step_minutes: int, params: De
         sub = _block_params(p, lo, hi, m)
         rated = None if rated_per_bucket is None else np.asarray(rated_per_bucket)[lo:hi]
         contracted = None if contracted_kw is None else np.asarray(contracted_kw)[lo:hi]
-        _detect_block(x[lo:hi], masks, grid, step_minutes, sub, rated, contracted, out, lo)
+        _detect_block(x[lo:hi], masks, grid, step_minutes, sub, rated, contracted, out, lo, cumulative)
     return out
 
 
@@ -131,7 +153,8 @@ def _block_params(p: DetectorParams, lo: int, hi: int, m: int) -> DetectorParams
 
 
 def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, p: DetectorParams,  # type: ignore[no-untyped-def]
-                  rated: np.ndarray | None, contracted: np.ndarray | None, out: Detection, lo: int) -> None:
+                  rated: np.ndarray | None, contracted: np.ndarray | None, out: Detection, lo: int,
+                  cumulative: bool) -> None:
     m, t = x.shape
     working = np.asarray(masks.working, dtype=bool)
     closed = ~working
@@ -140,9 +163,9 @@ def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, 
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         missing = np.isnan(x)
-        wvals = np.where(working[None, :] & ~missing, x, 0)
-        working_level = (wvals.sum(axis=1, keepdims=True)
-                         / np.maximum((working[None, :] & ~missing).sum(axis=1, keepdims=True), 1)).astype(np.float32)
+        # the meter's typical working-hours use: a median, so one wild reading cannot move it
+        working_level = nanmedian_rows(np.where(x[:, working] >= 0, x[:, working], np.nan))[:, None]
+        working_level = np.nan_to_num(working_level, nan=0.0)
         flags["negative"] = x < 0
         limit = _col(p.implausible_factor, m) * np.maximum(working_level, 1e-6)
         if rated is not None:
@@ -164,13 +187,19 @@ def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, 
         expected = np.where(closed[None, :], exp_closed, np.where(np.isnan(base.expected), working_level,
                                                                    base.expected))
 
-        zero = np.abs(clean) < 1e-9  # NaN compares False
+        if cumulative:
+            zero = np.abs(clean) < 1e-9  # NaN compares False
+        else:  # an instantaneous value that repeats exactly, reading after reading
+            zero = np.zeros_like(missing)
+            zero[:, 1:] = clean[:, 1:] == clean[:, :-1]
         flat = keep_runs(zero, p.flatline_buckets)
         flags["flatline"] = flat & (np.nan_to_num(expected) > _col(p.flatline_min_rel, m) * working_level)
         scores["flatline"] = flags["flatline"].astype(np.float32)
 
         up = np.nan_to_num(z, nan=0.0)
-        spike_hi = up > _col(p.spike_z, m)
+        # a spike stands out from its own neighbours too, which a weather-driven or opening rise does not
+        contrast = np.nan_to_num((clean - centered_median5(clean)) / base.sigma, nan=0.0)
+        spike_hi = (up > _col(p.spike_z, m)) & (contrast > _col(p.spike_z, m) / 2)
         flags["spike"] = keep_runs(spike_hi, 1, p.spike_max_buckets)
         scores["spike"] = np.where(flags["spike"], up / _col(p.spike_z, m), 0)
 
@@ -179,7 +208,7 @@ def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, 
         waste = closed[None, :] & (excess_closed > threshold)
         if p.target_rel is not None:
             waste |= closed[None, :] & (clean > _col(p.target_rel, m) * working_level)
-        hol = np.asarray(masks.holiday, dtype=bool)[None, :]
+        hol = ~np.asarray(masks.open_day, dtype=bool)[None, :]  # weekends and holidays: a closed day
         flags["holiday"] = waste & hol
         flags["after_hours"] = waste & ~hol
         scores["holiday"] = scores["after_hours"] = np.where(waste, np.nan_to_num(excess_closed / threshold, nan=1), 0)
@@ -191,16 +220,17 @@ def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, 
         sustained = (np.abs(short0) > _col(p.step_z, m)) | (np.abs(level) > _col(p.drift_z, m))
         rows, s, e = runs(sustained)
         if rows.size:
-            # a level change lasts, and is not a waste, gap or flatline seen from afar
-            higher = np.zeros((m, t + 1), dtype=np.int32)
-            np.cumsum(np.logical_or.reduce([flags[k] for k in ANOMALY_TYPES[:_WASTE_AND_ABOVE]]), axis=1,
-                      out=higher[:, 1:])
-            overlap = (higher[rows, e] - higher[rows, s]) / np.maximum(e - s, 1)
-            keep = (e - s >= p.sustained_min_buckets) & (overlap < 0.3)
+            # a level change lasts, reaches into working hours (else it is after-hours waste), and is not a
+            # gap, flatline or spike seen from afar
+            data = np.zeros((m, t + 1), dtype=np.int32)
+            np.cumsum(flags["gap"] | flags["flatline"] | flags["spike"] | bad, axis=1, out=data[:, 1:])
+            open_cum = np.concatenate([[0], np.cumsum(working)])
+            overlap = (data[rows, e] - data[rows, s]) / np.maximum(e - s, 1)
+            keep = (e - s >= p.sustained_min_buckets) & (overlap < 0.3) & (open_cum[e] > open_cum[s])
             rows, s, e = rows[keep], s[keep], e[keep]
         # a step jumps: the window mean right after the onset is already beyond step_z; a drift creeps
         onset = np.minimum(s + p.step_window - 1, t - 1)
-        is_step = np.abs(short0[rows, onset]) > p.step_z
+        is_step = np.abs(short0[rows, onset]) > _col(p.step_z, m)[rows, 0]
         start_back = np.maximum(s - p.step_window + 1, 0)  # the trailing window lags the true start
         flags["step"] = paint((m, t), rows[is_step], start_back[is_step], e[is_step])
         flags["drift"] = paint((m, t), rows[~is_step], s[~is_step], e[~is_step])
@@ -216,7 +246,7 @@ def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, 
     kind = out.kind[lo:lo + m]
     score = out.score[lo:lo + m]
     kind.fill(-1)
-    np.clip(np.abs(up) / np.float32(p.spike_z if np.ndim(p.spike_z) == 0 else 1.0), 0, 0.999, out=score)
+    np.clip(np.abs(up) / _col(p.spike_z, m), 0, 0.999, out=score)  # below 1: how close to a spike
     for i, name in reversed(list(enumerate(ANOMALY_TYPES))):  # ten steps; the highest priority is written last
         f = flags.get(name)
         if f is None or not f.any():

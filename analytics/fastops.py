@@ -28,7 +28,8 @@ def nanmedian_rows(a: np.ndarray) -> np.ndarray:
     return med
 
 
-_NETWORKS = {1: (), 2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1)), 4: ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2))}
+_NETWORKS = {1: (), 2: ((0, 1),), 3: ((0, 1), (1, 2), (0, 1)), 4: ((0, 1), (2, 3), (0, 2), (1, 3), (1, 2)),
+             5: ((0, 1), (3, 4), (2, 4), (2, 3), (0, 3), (0, 2), (1, 4), (1, 3), (1, 2))}
 
 
 def median_of(arrays: list[np.ndarray]) -> np.ndarray:
@@ -60,6 +61,13 @@ def median_of(arrays: list[np.ndarray]) -> np.ndarray:
         if sel.any():
             np.copyto(med, (v[(count - 1) // 2] + v[count // 2]) * np.float32(0.5), where=sel)
     return med
+
+
+def centered_median5(x: np.ndarray) -> np.ndarray:
+    """Median of each value and its two neighbours on either side along time (NaN ignored, edges shortened)."""
+    pad = np.full((x.shape[0], x.shape[1] + 4), np.nan, dtype=np.float32)
+    pad[:, 2:-2] = x
+    return median_of([pad[:, i:i + x.shape[1]] for i in range(5)])
 
 
 def runs(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from analytics.alerts import Event, record
-from analytics.detectors import ANOMALY_TYPES, DetectorParams, detect, events
+from analytics.detectors import ANOMALY_TYPES, DetectorParams, detect, events, params_for
 from analytics.matrix import HOUR, consumption_matrix
 from analytics.settings import AnalyticsSettings
 from bems.calendar import OfficeCalendar, default_calendar
@@ -44,7 +44,8 @@ def detect_pass(store: Store, state: StateDB, fleet: Fleet, *, end: dt.datetime,
         contracted = np.array([fleet.building_by_id[m.building].contracted_kw or np.nan
                                if m.id.endswith(".main-elec") else np.nan for m in meters], dtype=np.float32)
         rated = np.array([m.rated_kw or np.nan for m in meters], dtype=np.float32) * (HOUR / dt.timedelta(hours=1))
-        det = detect(cm.consumption.values, masks=cm.masks, step_minutes=60, params=params,
+        det = detect(cm.consumption.values, masks=cm.masks, step_minutes=60,
+                     params=params_for([commodity] * len(meters), params),
                      rated_per_bucket=rated if commodity == "electricity" else None,
                      contracted_kw=contracted if commodity == "electricity" else None)
         rows, s_cols, e_cols, kinds = events(det.kind)

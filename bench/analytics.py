@@ -7,8 +7,13 @@ straightforward per-meter loop (the same detectors called one meter at a time) o
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import tracemalloc
+from pathlib import Path
+
+if not __package__:  # run as a script: import the project's packages, not bench/*.py of the same name
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import numpy as np
 
