@@ -59,6 +59,7 @@ class MeterOut(BaseModel):
         "never", description="online: reported within 3 poll periods (30 s at least); stale: within 15 min; "
                              "offline: longer ago; never: no reading stored")
     last_reading: UtcDatetime | None = Field(None, description="time of the newest stored reading")
+    quality: Literal["good", "uncertain", "bad"] | None = Field(None, description="quality flag of that reading")
     completeness_pct: float | None = Field(
         None, description="share of the 15-minute slots of the last 24 h holding at least one reading, in %")
 

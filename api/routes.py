@@ -86,7 +86,8 @@ def meter_outs(meters: list[Meter], fleet: Fleet, store: Store, now: dt.datetime
         out.append(MeterOut(id=m.id, building=m.building, commodity=m.commodity, name=m.name,
                             rated_kw=m.rated_kw, profile=m.device.profile,
                             fields=[r.field for r in m.profile.registers], status=state,
-                            last_reading=got.ts if got else None, completeness_pct=round(complete[m.id], 2)))
+                            last_reading=got.ts if got else None, quality=got.quality if got else None,
+                            completeness_pct=round(complete[m.id], 2)))
     return out
 
 
