@@ -19,6 +19,7 @@ from api.deps import FleetDep, StateDep, StoreDep
 from api.routes import AlertFilters
 from api.series import check_budget, invalid, iso_times, parse_bucket, resolve_range
 from bems.store import Agg
+from bems.store.base import bucket_axis
 
 router = APIRouter(prefix="/api/v1/exports", tags=["exports"])
 MAX_EXPORT_METERS = 50
@@ -88,7 +89,7 @@ def export_series(
     width = parse_bucket(bucket)
     t0, t1 = resolve_range(start, end)
     check_budget(t0, t1, width)
-    n = -(-int((t1 - t0).total_seconds()) // int(width.total_seconds()))
+    n = bucket_axis(t0, t1, width)[2]
     if n * len(ids) > MAX_EXPORT_CELLS:
         raise invalid("bucket", f"{len(ids)} meters x {n} buckets = {n * len(ids)} values; at most "
                                 f"{MAX_EXPORT_CELLS} per export")

@@ -78,6 +78,11 @@ class BuildingLatest(BaseModel):
 
 
 class SeriesOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "meter": "tehran-moi-hq.main-elec", "field": "power_w", "mode": "aggregate", "agg": "mean", "bucket": "1h",
+        "bucket_s": 3600, "start": "2026-11-21T00:00:00Z", "end": "2026-11-21T02:00:00Z",
+        "times": ["2026-11-21T00:00:00Z", "2026-11-21T01:00:00Z"], "values": [41250.0, None], "counts": None}]})
+
     meter: str
     field: str = Field(description="canonical field name; the unit is in the name (power_w, energy_kwh)")
     mode: Literal["aggregate", "consumption"]
@@ -92,6 +97,13 @@ class SeriesOut(BaseModel):
 
 
 class AlertOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": 17, "building": "tehran-moi-hq", "meter": "tehran-moi-hq.hvac-elec", "commodity": "electricity",
+        "type": "after_hours", "severity": "warning", "status": "open", "start": "2026-11-20T15:30:00Z",
+        "end": "2026-11-20T20:30:00Z", "excess": 412.5, "unit": "kWh",
+        "message": "after-hours use 2.1x the usual closed-hours level", "created_at": "2026-11-20T21:00:00Z",
+        "updated_at": "2026-11-20T21:00:00Z"}]})
+
     id: int
     building: str
     meter: str

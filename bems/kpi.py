@@ -30,6 +30,7 @@ from pydantic import BaseModel, Field
 from bems.calendar import OfficeCalendar
 from bems.fleet import Building, Meter
 from bems.store import Store
+from bems.store.base import bucket_axis
 from bems.tariff import BANDS, Tariff, TariffBook
 
 CUMULATIVE_FIELD = {"electricity": "energy_kwh", "gas": "volume_m3", "water": "volume_m3"}
@@ -205,7 +206,7 @@ def read_hourly(store: Store, meters: Sequence[Meter], start: dt.datetime, end: 
     by_field: dict[str, list[int]] = {}
     for i, m in enumerate(meters):
         by_field.setdefault(cumulative_field(m) or "", []).append(i)
-    n = -(-int((end - start) / dt.timedelta(seconds=1)) // int(bucket.total_seconds()))
+    n = bucket_axis(start, end, bucket)[2]
     out = np.full((len(meters), n), np.nan)
     for field, rows in by_field.items():
         if not field:
