@@ -72,6 +72,11 @@ async def _server_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
 
 
+async def _api_not_found(request: Request) -> JSONResponse:
+    """Unknown paths under /api answer JSON like the routes do (the dashboard's files would answer text)."""
+    return JSONResponse({"detail": f"no route {request.method} {request.url.path}; see /docs"}, status_code=404)
+
+
 def _docs(_request: Request) -> Response:
     response = FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
     response.headers.update(SECURITY_HEADERS)
@@ -122,6 +127,8 @@ def create_app(settings: ApiSettings | None = None, fleet: Fleet | None = None, 
     for module in (routes, insights, stream, exports, ops):
         app.include_router(module.router)
     app.add_route("/docs", _docs, include_in_schema=False)
+    app.add_route("/api/{rest:path}", _api_not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                  include_in_schema=False)
     app.mount("/", DashboardFiles(directory=STATIC_DIR, html=True), name="dashboard")
     return app
 

@@ -65,6 +65,9 @@ def test_openapi_has_examples_and_descriptions(stack: Stack) -> None:
     for name in ("BuildingOut", "MeterOut", "AlertOut", "SeriesOut", "CommentIn"):
         assert schemas[name].get("examples"), f"{name} has no example"
     series = spec["paths"]["/api/v1/meters/{meter_id}/series"]["get"]
-    assert all("example" in p or "examples" in p for p in series["parameters"] if p["name"] in ("start", "bucket"))
+    documented = {p["name"]: p for p in series["parameters"]}
+    for name in ("start", "bucket", "field"):
+        p = documented[name]
+        assert "example" in p or "examples" in p or "examples" in p["schema"], name
     stream = spec["paths"]["/api/v1/stream"]["get"]["responses"]["200"]["content"]
     assert "text/event-stream" in stream
