@@ -121,6 +121,7 @@ def create_app(settings: ApiSettings | None = None, fleet: Fleet | None = None, 
     app.state.bems_streams = stream.StreamSlots(config.max_streams)
     app.state.bems_metrics = ApiMetrics()
     app.state.bems_stopping = False
+    app.state.bems_tariff_override = None  # (recheck at, book in force, latest override row), see api.deps
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(Exception, _server_error)
     app.add_middleware(MetricsMiddleware, metrics=app.state.bems_metrics)

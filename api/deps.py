@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -15,6 +17,7 @@ from bems.state import StateDB
 from bems.store import Store
 from bems.tariff import TariffBook
 
+log = logging.getLogger(__name__)
 MAX_PAGE = 1000
 MAX_OFFSET = 1_000_000
 
@@ -35,8 +38,28 @@ def _calendar(request: Request) -> OfficeCalendar:
     return request.app.state.bems_calendar
 
 
+TARIFF_RECHECK_S = 5.0
+
+
 def _tariffs(request: Request) -> TariffBook:
-    return request.app.state.bems_tariffs
+    """The tariff book in force: an admin's override from the state database if one is set, else the file.
+
+    Re-read at most every few seconds, so every API instance behind a load balancer follows a change.
+    """
+    app = request.app
+    now = time.monotonic()
+    cached = getattr(app.state, "bems_tariff_override", None)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    book = app.state.bems_tariffs
+    row = app.state.bems_state.tariff_override()
+    if row is not None and row.document is not None:
+        try:
+            book = TariffBook.model_validate_json(row.document)
+        except ValueError:
+            log.exception("tariff override %s is invalid; using the file", row.id)
+    app.state.bems_tariff_override = (now + TARIFF_RECHECK_S, book, row)
+    return book
 
 
 def _cache(request: Request) -> PayloadCache:

@@ -218,3 +218,6 @@ class TariffsOut(BaseModel):
     assignments: dict[str, str]
     tariffs: list[dict[str, Any]] = Field(description="tariffs with their versions, seasons and bands")
     commodities: dict[str, dict[str, Any]] = Field(description="units, kg CO2 and kWh per unit")
+    source: Literal["file", "override"] = Field("file", description="the tariff file, or an admin's override")
+    changed_at: UtcDatetime | None = Field(None, description="when an admin last changed or reset the tariffs")
+    changed_by: str | None = None

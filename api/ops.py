@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import AdminPrincipal, CurrentPrincipal
-from api.deps import StateDep, TariffsDep
+from api.deps import FleetDep, StateDep, TariffsDep, _tariffs
 from api.models import AuditOut, AuditPage, TariffsOut
+from bems.tariff import TariffBook
 
 router = APIRouter(prefix="/api/v1")
 
@@ -79,9 +80,46 @@ def audit_log(_who: AdminPrincipal, state: StateDep,
                      offset=offset, total=state.count_audit(action))
 
 
-@router.get("/tariffs", response_model=TariffsOut, tags=["kpis"])
-def tariffs(_who: CurrentPrincipal, book: TariffsDep) -> TariffsOut:
-    """The time-of-use tariffs with their versions, and the emission and energy factors, as the KPIs use them."""
+def _tariffs_out(request: Request, book: TariffBook) -> TariffsOut:
     data = book.model_dump(mode="json", by_alias=True)
+    row = request.app.state.bems_tariff_override[2]
+    override = row is not None and row.document is not None
     return TariffsOut(default=data["default"], assignments=data["assignments"], tariffs=data["tariffs"],
-                      commodities=data["commodities"])
+                      commodities=data["commodities"], source="override" if override else "file",
+                      changed_at=row.created_at if row else None, changed_by=row.actor if row else None)
+
+
+@router.get("/tariffs", response_model=TariffsOut, tags=["kpis"])
+def get_tariffs(request: Request, _who: CurrentPrincipal, book: TariffsDep) -> TariffsOut:
+    """The time-of-use tariffs with their versions, and the emission and energy factors, as the KPIs use them."""
+    return _tariffs_out(request, book)
+
+
+def _changed(request: Request) -> None:
+    request.app.state.bems_tariff_override = None
+    request.app.state.bems_cache.clear()
+
+
+@router.put("/tariffs", response_model=TariffsOut, tags=["kpis"])
+def put_tariffs(request: Request, body: TariffBook, who: AdminPrincipal, state: StateDep,
+                fleet: FleetDep) -> TariffsOut:
+    """Replace the tariff book (admin; audited) until ``DELETE``: a decree changed prices, hours or factors.
+
+    Validated like the file: every season's bands cover the day once, seasons cover the 12 months, known ids."""
+    if unknown := sorted(b for b in body.assignments if b not in fleet.building_by_id):
+        raise invalid_body("assignments", f"unknown building(s) {', '.join(unknown)}")
+    state.set_tariff_override(body.model_dump_json(by_alias=True), who.name)
+    _changed(request)
+    return _tariffs_out(request, _tariffs(request))
+
+
+@router.delete("/tariffs", response_model=TariffsOut, tags=["kpis"])
+def reset_tariffs(request: Request, who: AdminPrincipal, state: StateDep) -> TariffsOut:
+    """Go back to the tariff file (admin; audited)."""
+    state.set_tariff_override(None, who.name)
+    _changed(request)
+    return _tariffs_out(request, _tariffs(request))
+
+
+def invalid_body(field: str, msg: str) -> HTTPException:
+    return HTTPException(422, detail=[{"loc": ["body", field], "msg": msg, "type": "value_error"}])

@@ -126,10 +126,22 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+class TariffOverride(Base):
+    """A tariff book set by an admin through the API, replacing the file until reset; each change is a row."""
+
+    __tablename__ = "tariff_override"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(64))
+    document: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON; NULL: back to the file
+
+
 @event.listens_for(Alert, "load")
 @event.listens_for(ApiToken, "load")
 @event.listens_for(AlertComment, "load")
 @event.listens_for(AuditEntry, "load")
+@event.listens_for(TariffOverride, "load")
 def _aware(target: Base, _context: object) -> None:
     for col in target.__table__.columns:
         if isinstance(col.type, DateTime):
@@ -335,6 +347,22 @@ class StateDB:
             q = q.where(AuditEntry.action == action)
         with self.session() as s:
             return int(s.scalar(q) or 0)
+
+
+    # tariff override ---------------------------------------------------------------------------------
+    def set_tariff_override(self, document: str | None, actor: str) -> TariffOverride:
+        """Record a new tariff book (JSON) or, with None, a return to the file; both are audited."""
+        with self.session() as s:
+            row = TariffOverride(created_at=dt.datetime.now(dt.UTC), actor=actor, document=document)
+            s.add(row)
+            _audit(s, actor, "tariffs.update" if document is not None else "tariffs.reset", "tariffs",
+                   "" if document is None else f"{len(document)} bytes")
+        return row
+
+    def tariff_override(self) -> TariffOverride | None:
+        """The latest change (its ``document`` is None after a reset), or None if never changed."""
+        with self.session() as s:
+            return s.scalar(select(TariffOverride).order_by(TariffOverride.id.desc()).limit(1))
 
 
 def _audit(s: Session, actor: str, action: str, target: str, detail: str) -> None:

@@ -258,3 +258,27 @@ def test_docs_are_served_from_vendored_files(stack: Stack) -> None:
                  "/vendor/vazirmatn/Vazirmatn-Regular.woff2"):
         assert httpx.get(stack.url + path).status_code == 200, path
     assert httpx.get(stack.url + "/redoc").status_code == 404
+
+
+def test_admin_can_override_the_tariffs_and_reset_them(stack: Stack) -> None:
+    with stack.client("admin") as admin, stack.client("fm") as fm:
+        before = admin.get(f"/api/v1/buildings/{HQ}/kpis").json()
+        book = admin.get("/api/v1/tariffs").json()
+        assert book["source"] == "file"
+        doc = {k: book[k] for k in ("default", "assignments", "tariffs", "commodities")}
+        for version in doc["tariffs"][0]["versions"]:
+            version["prices_rial_per_kwh"] = {band: 2 * p for band, p in version["prices_rial_per_kwh"].items()}
+        assert fm.put("/api/v1/tariffs", json=doc).status_code == 403
+        bad = {**doc, "assignments": {"no-such-building": doc["default"]}}
+        r = admin.put("/api/v1/tariffs", json=bad)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "assignments"]
+        r = admin.put("/api/v1/tariffs", json=doc)
+        assert r.status_code == 200 and r.json()["source"] == "override" and r.json()["changed_by"] == "ops"
+        after = admin.get(f"/api/v1/buildings/{HQ}/kpis").json()
+        assert fm.get("/api/v1/tariffs").json()["source"] == "override"
+        assert admin.delete("/api/v1/tariffs").json()["source"] == "file"
+        reset = admin.get(f"/api/v1/buildings/{HQ}/kpis").json()
+        actions = [e["action"] for e in admin.get("/api/v1/audit", params={"limit": 5}).json()["items"]]
+    assert after["cost_rial"] == pytest.approx(2 * before["cost_rial"])
+    assert reset["cost_rial"] == pytest.approx(before["cost_rial"])
+    assert actions[:2] == ["tariffs.reset", "tariffs.update"]

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bems.tariff import default_tariffs
 from tests.apistack import Stack, start_stack
 
 HQ, EDU, MASHHAD = "tehran-moi-hq", "tehran-edu-office", "mashhad-gov-office"
@@ -34,7 +35,7 @@ ROLES = list(SEES_METER)
 
 # route template -> (kind of the thing it touches, query parameters, JSON body)
 # kind: "any" (every token), "admin" (admin only), "building", "meter", "alert"
-ROUTES: dict[tuple[str, str], tuple[str, dict[str, str], dict[str, str] | None]] = {
+ROUTES: dict[tuple[str, str], tuple[str, dict[str, str], dict[str, str] | str | None]] = {
     ("GET", "/api/v1/buildings"): ("any", {}, None),
     ("GET", "/api/v1/buildings/{building_id}"): ("building", {}, None),
     ("GET", "/api/v1/buildings/{building_id}/meters"): ("building", {}, None),
@@ -57,6 +58,8 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, str], dict[str, str] | None]]
     ("GET", "/api/v1/metrics"): ("admin", {}, None),
     ("GET", "/api/v1/audit"): ("admin", {}, None),
     ("GET", "/api/v1/tariffs"): ("any", {}, None),
+    ("PUT", "/api/v1/tariffs"): ("admin", {}, "tariffs"),
+    ("DELETE", "/api/v1/tariffs"): ("admin", {}, None),
 }
 # routes that also take a building or meter filter: walked once more per target with it
 FILTERED = {("GET", "/api/v1/alerts"): "building", ("GET", "/api/v1/stream"): "building",
@@ -84,8 +87,7 @@ def fresh_alert(stack: Stack, meter: str, n: int) -> int:
     return alert.id
 
 
-def call(client: httpx.Client, method: str, path: str, params: dict[str, str],
-         body: dict[str, str] | None) -> int:
+def call(client: httpx.Client, method: str, path: str, params: dict[str, str], body: object) -> int:
     if path.endswith("/stream"):
         with client.stream(method, path, params=params) as r:
             if r.status_code == 200:
@@ -105,6 +107,8 @@ def cases(stack: Stack) -> Iterator[tuple[str, str, str, dict[str, str], dict | 
             if kind == "alert":
                 ids["alert_id"] = str(fresh_alert(stack, target or "", next(n)))
             path = template.format(**ids)
+            if body == "tariffs":  # the shipped book, sent back unchanged
+                body = default_tariffs().model_dump(mode="json", by_alias=True)
             yield method, template, path, {k: v.format(**ids) for k, v in params.items()}, body, target, kind
         if (method, template) in FILTERED:
             for b in BUILDINGS:

@@ -50,9 +50,9 @@ def test_schemathesis_finds_no_server_error(stack: Stack, who: str) -> None:
     print(out[-1500:])
     assert r.returncode == 0, out[-6000:]
     assert summary and summary.group(1) == summary.group(2) and int(summary.group(1)) > 300, out[-3000:]
-    assert "Server error" not in out
-    if who == "admin":  # a facility manager gets 403 on admin routes, which schemathesis reports as a warning
-        assert "No issues found" in out
+    # warnings are allowed: a facility manager gets 403 on admin routes, and PUT /tariffs rejects most generated
+    # books (bands must cover each day once), which schemathesis reports as "mostly rejected"
+    assert "Server error" not in out and "FAILURES" not in out
     # the server is still healthy afterwards
     assert httpx.get(stack.url + "/api/v1/health").json()["status"] == "ok"
 
