@@ -50,7 +50,7 @@
       err_token: "توکن نامعتبر است یا منقضی شده؛ دوباره وارد شوید.",
       err_forbidden: "این توکن به این بخش دسترسی ندارد.",
       err_network: "ارتباط با سرور برقرار نشد.", err_server: "خطای سرور: ",
-      other_lang: "English", area: "زیربنا", m2: "متر مربع",
+      other_lang: "English", area: "زیربنا", m2: "متر مربع", type_after_hours: "مصرف خارج از ساعت اداری",
     },
     en: {
       title: "Government Buildings Energy Monitoring", skip: "Skip to content",
@@ -91,7 +91,7 @@
       err_token: "The token is invalid or revoked; sign in again.",
       err_forbidden: "This token may not see that.",
       err_network: "Cannot reach the server.", err_server: "Server error: ",
-      other_lang: "فارسی", area: "Floor area", m2: "m²",
+      other_lang: "فارسی", area: "Floor area", m2: "m²", type_after_hours: "after-hours use",
     },
   };
 
@@ -666,7 +666,7 @@
       const tr = el("tr", null, { class: "st-" + a.status, "data-alert": String(a.id) });
       const rowId = "alert-" + a.id;
       tr.append(el("td", names[a.building] || a.building, { id: rowId }), el("td", a.meter, { dir: "ltr" }),
-                el("td", a.type), el("td", fmtDateTime(a.start)), el("td", fmtDateTime(a.end)),
+                el("td", STRINGS[state.lang]["type_" + a.type] ?? a.type), el("td", fmtDateTime(a.start)), el("td", fmtDateTime(a.end)),
                 el("td", fmtNumber(a.excess, 1) + " " + unitName(a.unit), { class: "num" }),
                 el("td", t("st_" + a.status), { class: "status" }));
       const actions = el("td", null, { class: "actions" });
