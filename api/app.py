@@ -15,19 +15,33 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from api.routes import router
+from api import exports, insights, ops, routes, stream
+from api.cache import PayloadCache
+from api.ops import ApiMetrics, MetricsMiddleware
 from api.settings import ApiSettings
+from bems.calendar import OfficeCalendar, default_calendar, load_calendar
 from bems.errors import ConfigError, StoreError
 from bems.fleet import Fleet, load_fleet
 from bems.state import StateDB
 from bems.store import Store, open_store
+from bems.tariff import TariffBook, default_tariffs, load_tariffs
 
 log = logging.getLogger(__name__)
+API_DESCRIPTION = """Energy monitoring for government buildings.
+
+Send `Authorization: Bearer <token>` (tokens come from `bems users create`). Roles: `admin` sees everything;
+`facility_manager` the buildings in its scope; `utility` the commodities in its scope, optionally only in its
+regions (cities). Outside its scope a token gets 403; without a valid token 401.
+
+Lists take `limit` and `offset`; ranges are bounded (a series at most 5000 buckets, a KPI period at most 366
+days) and a request past a limit gets a 422 whose `detail[0].loc` names the parameter and whose `msg` names the
+limit. Times are UTC ISO 8601 with an offset.
+"""
 STATIC_DIR = Path(__file__).parent / "static"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
@@ -53,10 +67,29 @@ async def _store_error(_request: Request, exc: Exception) -> JSONResponse:
                         headers={"Retry-After": "5"})
 
 
+async def _server_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
+
+
+async def _api_not_found(request: Request) -> JSONResponse:
+    """Unknown paths under /api answer JSON like the routes do (the dashboard's files would answer text)."""
+    return JSONResponse({"detail": f"no route {request.method} {request.url.path}; see /docs"}, status_code=404)
+
+
+def _docs(_request: Request) -> Response:
+    response = FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 def create_app(settings: ApiSettings | None = None, fleet: Fleet | None = None, store: Store | None = None,
-               state: StateDB | None = None) -> FastAPI:
+               state: StateDB | None = None, tariffs: TariffBook | None = None,
+               calendar: OfficeCalendar | None = None) -> FastAPI:
+    """``settings`` also tunes the cache and streams when fleet, store and state are handed in."""
     if settings is None and (fleet is None or store is None or state is None):
         raise ValueError("create_app needs settings, or all of fleet, store and state")
+    config = settings or ApiSettings.model_construct(fleet=Path("(given)"))
     owned: list[Store | StateDB] = []
     try:
         if fleet is None:
@@ -67,6 +100,8 @@ def create_app(settings: ApiSettings | None = None, fleet: Fleet | None = None, 
         if state is None:
             state = StateDB(settings.db)  # type: ignore[union-attr]
             owned.append(state)
+        tariffs = tariffs or (load_tariffs(config.tariffs) if config.tariffs else default_tariffs())
+        calendar = calendar or (load_calendar(config.calendar) if config.calendar else default_calendar())
     except BaseException:
         for resource in owned:
             resource.close()
@@ -78,12 +113,23 @@ def create_app(settings: ApiSettings | None = None, fleet: Fleet | None = None, 
         for resource in owned:
             resource.close()
 
-    app = FastAPI(title="bems API", version="1", lifespan=lifespan,
-                  description="Energy monitoring for government buildings. "
-                              "Send `Authorization: Bearer <token>`.")
+    app = FastAPI(title="bems API", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=API_DESCRIPTION)
     app.state.bems_fleet, app.state.bems_store, app.state.bems_state = fleet, store, state
+    app.state.bems_settings, app.state.bems_tariffs, app.state.bems_calendar = config, tariffs, calendar
+    app.state.bems_cache = PayloadCache(config.cache_ttl_s)
+    app.state.bems_streams = stream.StreamSlots(config.max_streams)
+    app.state.bems_metrics = ApiMetrics()
+    app.state.bems_stopping = False
+    app.state.bems_tariff_override = None  # (recheck at, book in force, latest override row), see api.deps
     app.add_exception_handler(StoreError, _store_error)
-    app.include_router(router)
+    app.add_exception_handler(Exception, _server_error)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.bems_metrics)
+    for module in (routes, insights, stream, exports, ops):
+        app.include_router(module.router)
+    app.add_route("/docs", _docs, include_in_schema=False)
+    app.add_route("/api/{rest:path}", _api_not_found, methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                  include_in_schema=False)
     app.mount("/", DashboardFiles(directory=STATIC_DIR, html=True), name="dashboard")
     return app
 
@@ -122,6 +168,7 @@ async def run(settings: ApiSettings) -> None:
     try:
         await asyncio.shield(serving)
     except asyncio.CancelledError:
+        app.state.bems_stopping = True  # live streams end at their next poll instead of holding the shutdown
         server.should_exit = True
         await serving
         raise

@@ -1,7 +1,8 @@
 """Bearer-token auth and scope checks; every route asks here, so a new route cannot forget scoping.
 
 Roles: ``admin`` sees everything; ``facility_manager`` sees the buildings in its scope; ``utility`` sees
-the commodities in its scope (in every building). An unknown role sees nothing.
+the commodities in its scope, in every building or, with regions, in the buildings of those cities.
+An unknown role sees nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ class Principal:
     name: str
     role: str
     scope: frozenset[str]
+    region_buildings: frozenset[str] | None = None  # utility with regions: the buildings in those cities
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def key(self) -> tuple[str, frozenset[str], frozenset[str] | None]:
+        """What decides what this principal sees (for caches shared between principals)."""
+        return self.role, self.scope, self.region_buildings
+
+    def _in_region(self, building: str) -> bool:
+        return self.region_buildings is None or building in self.region_buildings
 
     def sees_building(self, building: str, fleet: Fleet) -> bool:
         if self.role == "admin":
@@ -30,7 +44,8 @@ class Principal:
         if self.role == "facility_manager":
             return building in self.scope
         if self.role == "utility":
-            return any(m.commodity in self.scope for m in fleet.meters_of(building=building))
+            return self._in_region(building) and any(m.commodity in self.scope
+                                                     for m in fleet.meters_of(building=building))
         return False
 
     def sees_meter(self, meter: Meter) -> bool:
@@ -39,7 +54,7 @@ class Principal:
         if self.role == "facility_manager":
             return meter.building in self.scope
         if self.role == "utility":
-            return meter.commodity in self.scope
+            return meter.commodity in self.scope and self._in_region(meter.building)
         return False
 
     def alert_filter(self) -> dict[str, list[str]]:
@@ -49,7 +64,10 @@ class Principal:
         if self.role == "facility_manager":
             return {"buildings": sorted(self.scope)}
         if self.role == "utility":
-            return {"commodities": sorted(self.scope)}
+            out = {"commodities": sorted(self.scope)}
+            if self.region_buildings is not None:
+                out["buildings"] = sorted(self.region_buildings)
+            return out
         return {"buildings": []}
 
 
@@ -70,10 +88,24 @@ def principal(request: Request,
     if token is None:
         raise _unauthorized("invalid or revoked token")
     scope = frozenset(s.strip() for s in token.scope.split(",") if s.strip())
-    return Principal(name=token.name, role=token.role, scope=scope)
+    regions = {r.strip().casefold() for r in (token.regions or "").split(",") if r.strip()}
+    region_buildings = None
+    if regions and token.role == "utility":
+        fleet: Fleet = request.app.state.bems_fleet
+        region_buildings = frozenset(b.id for b in fleet.buildings if b.city.casefold() in regions)
+    return Principal(name=token.name, role=token.role, scope=scope, region_buildings=region_buildings)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(principal)]
+
+
+def admin(who: CurrentPrincipal) -> Principal:
+    if not who.is_admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="this route needs an admin token")
+    return who
+
+
+AdminPrincipal = Annotated[Principal, Depends(admin)]
 
 
 def building_for(who: Principal, fleet: Fleet, building_id: str) -> Building:

@@ -17,6 +17,8 @@ from bems.store.base import bucket_axis
 
 MAX_BUCKETS = 5000
 DEFAULT_SPAN = dt.timedelta(hours=24)
+EARLIEST = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
 MAX_BUCKET = dt.timedelta(days=366)
 _BUCKET = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
 _UNIT = {"s": dt.timedelta(seconds=1), "m": dt.timedelta(minutes=1), "h": dt.timedelta(hours=1),
@@ -38,14 +40,23 @@ def parse_bucket(text: str) -> dt.timedelta:
     return bucket
 
 
-def resolve_range(start: dt.datetime | None, end: dt.datetime | None,
-                  now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
-    """Default to the last 24 h; times without an offset are refused rather than guessed (UTC or Tehran?)."""
-    for name, t in (("start", start), ("end", end)):
-        if t is not None and t.tzinfo is None:
-            raise invalid(name, f"{name} must carry a UTC offset, e.g. 2026-11-21T08:00:00Z")
+def check_time(name: str, t: dt.datetime | None) -> None:
+    """Times without an offset are refused rather than guessed (UTC or Tehran?); so are years outside 2000-2099."""
+    if t is None:
+        return
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise invalid(name, f"{name} must carry a UTC offset, e.g. 2026-11-21T08:00:00Z")
+    if not EARLIEST <= t < LATEST:
+        raise invalid(name, f"{name} must lie in 2000..2099 (UTC)")
+
+
+def resolve_range(start: dt.datetime | None, end: dt.datetime | None, now: dt.datetime | None = None,
+                  span: dt.timedelta = DEFAULT_SPAN) -> tuple[dt.datetime, dt.datetime]:
+    """Default to the last ``span`` (24 h) up to now."""
+    check_time("start", start)
+    check_time("end", end)
     end = (end or now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    start = (start or end - DEFAULT_SPAN).astimezone(dt.UTC)
+    start = (start or end - span).astimezone(dt.UTC)
     if end <= start:
         raise invalid("end", "end must be after start")
     return start, end

@@ -29,24 +29,42 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
 def _users(args: argparse.Namespace) -> int:
+    """Tokens are created here, never by the API: the plain token is printed once and only its hash is kept."""
     from bems.state import StateDB
 
+    scope, regions = _split(args.scope), _split(args.regions)
+    if args.action == "create":
+        if not args.name or not args.role:
+            raise BemsError("users create needs --name and --role")
+        if args.role == "facility_manager" and args.config:
+            from bems.fleet import load_fleet
+
+            known = load_fleet(args.config).building_by_id
+            if unknown := [b for b in scope if b not in known]:
+                raise BemsError(f"unknown building(s) {', '.join(unknown)} in --scope; known: {', '.join(known)}")
+        if args.role != "admin" and not scope:
+            print(f"warning: {args.role} {args.name!r} has an empty --scope and will see nothing", file=sys.stderr)
+    elif not args.name and args.action == "revoke":
+        raise BemsError("users revoke needs --name")
     db = StateDB(args.db)
     try:
         if args.action == "create":
-            if not args.name or not args.role:
-                raise BemsError("users create needs --name and --role")
-            token = db.create_token(args.name, args.role, [s for s in (args.scope or "").split(",") if s])
+            token = db.create_token(args.name, args.role, scope, regions)
             print(f"token for {args.name} ({args.role}); shown once, store it now:\n{token}")
         elif args.action == "revoke":
-            if not db.revoke_token(args.name or ""):
+            if not db.revoke_token(args.name):
                 raise BemsError(f"no active token named {args.name!r}")
             print(f"revoked {args.name}")
         else:
             for t in db.list_tokens():
                 state = "revoked" if t.revoked_at else "active"
-                print(f"{t.name}\t{t.role}\t{t.scope or '*'}\t{state}\tcreated {t.created_at:%Y-%m-%d}")
+                where = f"\tregions {t.regions}" if t.regions else ""
+                print(f"{t.name}\t{t.role}\t{t.scope or '*'}\t{state}\tcreated {t.created_at:%Y-%m-%d}{where}")
     finally:
         db.close()
     return 0
@@ -107,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--name")
     u.add_argument("--role", choices=["admin", "facility_manager", "utility"])
     u.add_argument("--scope", help="comma-separated building ids (facility_manager) or commodities (utility)")
+    u.add_argument("--regions", help="utility only: comma-separated cities (regions) it is confined to")
+    u.add_argument("--config", help="fleet file, to check facility_manager building ids")
     u.set_defaults(func=_users)
 
     sim = sub.add_parser("sim", help="simulated meters: serve, inject a fault, write history", add_help=False)
