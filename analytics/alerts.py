@@ -29,6 +29,7 @@ class Event:
     unit: str
     score: float
     message: str
+    cost_rial: float | None = None
 
 
 def severity(event: Event, hours: float) -> str:
@@ -53,6 +54,8 @@ def record(state: StateDB, event: Event, flap_gap: dt.timedelta = dt.timedelta(h
             alert.start = min(alert.start, event.start)
             alert.end = max(alert.end, event.end)
             alert.excess = max(alert.excess, event.excess)
+            if event.cost_rial is not None:
+                alert.cost_rial = max(alert.cost_rial or 0.0, event.cost_rial)
             alert.message, alert.updated_at = event.message, now
             alert.severity = severity(event, (alert.end - alert.start).total_seconds() / 3600)
             return alert, False
@@ -61,6 +64,7 @@ def record(state: StateDB, event: Event, flap_gap: dt.timedelta = dt.timedelta(h
         start = max(event.start, resolved_until) if resolved_until else event.start
         alert = Alert(building=event.building, meter=event.meter, commodity=event.commodity, type=event.type,
                       severity=severity(event, hours), status="open", start=start, end=event.end,
-                      excess=event.excess, unit=event.unit, message=event.message, created_at=now, updated_at=now)
+                      excess=event.excess, unit=event.unit, message=event.message, created_at=now, updated_at=now,
+                      cost_rial=event.cost_rial)
         s.add(alert)
         return alert, True

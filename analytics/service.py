@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+import httpx
 import numpy as np
 
 from analytics.alerts import Event, record
+from analytics.delivery import Subscription, enqueue, load_subscriptions, publish_mqtt, send_due
 from analytics.detectors import ANOMALY_TYPES, DetectorParams, detect, events, params_for
 from analytics.matrix import HOUR, consumption_matrix
 from analytics.settings import AnalyticsSettings
 from bems.calendar import OfficeCalendar, default_calendar
-from bems.fleet import COMMODITIES, Fleet, load_fleet
-from bems.state import StateDB
+from bems.fleet import COMMODITIES, Fleet, Meter, load_fleet
+from bems.mqtt import make_client
+from bems.state import Alert, StateDB
 from bems.store import Store, open_store
+from bems.tariff import TariffBook, default_tariffs, load_tariffs
 
 log = logging.getLogger("bems.analytics")
 TEHRAN = "Asia/Tehran"
@@ -27,12 +31,16 @@ TEHRAN = "Asia/Tehran"
 class PassResult:
     events: int
     created: int
+    new_alerts: list[Alert] = field(default_factory=list)
 
 
 def detect_pass(store: Store, state: StateDB, fleet: Fleet, *, end: dt.datetime, lookback: dt.timedelta,
-                params: DetectorParams | None = None, calendar: OfficeCalendar | None = None) -> PassResult:
+                params: DetectorParams | None = None, calendar: OfficeCalendar | None = None,
+                tariffs: TariffBook | None = None) -> PassResult:
     """One pass over every commodity; an event that continues from the last pass extends its alert."""
     calendar = calendar or default_calendar()
+    tariffs = tariffs or default_tariffs()
+    new_alerts: list[Alert] = []
     end = local_hour_floor(end, calendar.timezone)  # whole local hours only: the current one is not over
     start = end - lookback
     n_events = created = 0
@@ -50,6 +58,7 @@ def detect_pass(store: Store, state: StateDB, fleet: Fleet, *, end: dt.datetime,
                      contracted_kw=contracted if commodity == "electricity" else None)
         rows, s_cols, e_cols, kinds = events(det.kind)
         times = cm.consumption.times
+        price = _prices(tariffs, fleet, meters, times, commodity)
         for row, s, e, k in zip(rows.tolist(), s_cols.tolist(), e_cols.tolist(), kinds.tolist(), strict=True):
             meter = meters[row]
             kind = ANOMALY_TYPES[k]
@@ -57,13 +66,29 @@ def detect_pass(store: Store, state: StateDB, fleet: Fleet, *, end: dt.datetime,
             t1 = t0 + HOUR * (e - s)
             used = float(np.nansum(cm.consumption.values[row, s:e]))
             excess = float(det.excess[row, s:e].sum()) if det.excess is not None else 0.0
+            cost = (float(np.nansum(det.excess[row, s:e] * price[row, s:e]))
+                    if price is not None and det.excess is not None else None)
             event = Event(building=meter.building, meter=meter.id, commodity=commodity, type=kind, start=t0, end=t1,
                           excess=round(excess, 3), unit=cm.unit, score=float(det.score[row, s:e].max()),
-                          message=_message(kind, meter.id, t0, t1, used, excess, cm.unit))
-            _, new = record(state, event)
+                          message=_message(kind, meter.id, t0, t1, used, excess, cm.unit),
+                          cost_rial=None if cost is None else round(cost))
+            alert, new = record(state, event)
             n_events += 1
             created += new
-    return PassResult(n_events, created)
+            if new:
+                new_alerts.append(alert)
+    return PassResult(n_events, created, new_alerts)
+
+
+def _prices(tariffs: TariffBook, fleet: Fleet, meters: list[Meter], times: np.ndarray,
+            commodity: str) -> np.ndarray | None:
+    """Rial per kWh of every meter and bucket (electricity only), from its building's time-of-use tariff."""
+    if commodity != "electricity":
+        return None
+    by_building = {b: tariffs.for_building(b).classify(times, fleet.building_by_id[b].timezone,
+                                                      np.timedelta64(3600, "s")).price
+                   for b in {m.building for m in meters}}  # one classification per building, not per meter
+    return np.stack([by_building[m.building] for m in meters])
 
 
 def _message(kind: str, meter: str, t0: dt.datetime, t1: dt.datetime, used: float, excess: float, unit: str) -> str:
@@ -94,16 +119,46 @@ def _local(t: dt.datetime) -> str:
 
 async def run(settings: AnalyticsSettings) -> None:
     fleet = load_fleet(settings.fleet)
+    tariffs = load_tariffs(settings.tariffs) if settings.tariffs else default_tariffs()
+    subscriptions = load_subscriptions(settings.subscriptions) if settings.subscriptions else []
     store = open_store(settings.store)
     state = StateDB(settings.db)
+    mqtt = None
+    if settings.broker is not None:
+        mqtt = make_client(settings.broker, "bems-analytics", clean_session=True)
+        mqtt.connect_async(settings.broker.host, settings.broker.port, keepalive=settings.broker.keepalive_s)
+        mqtt.loop_start()
+    http = httpx.Client()
+    sender = asyncio.create_task(_deliver_forever(state, subscriptions, http, settings.delivery_interval_s))
     try:
         while True:
             res = await asyncio.to_thread(detect_pass, store, state, fleet, end=dt.datetime.now(dt.UTC),
-                                          lookback=dt.timedelta(days=settings.lookback_days))
-            log.info("detection pass: %d events, %d new alerts", res.events, res.created)
+                                          lookback=dt.timedelta(days=settings.lookback_days), tariffs=tariffs)
+            queued = 0
+            for alert in res.new_alerts:
+                if mqtt is not None:
+                    publish_mqtt(mqtt, alert)
+                queued += enqueue(state, alert, subscriptions, fleet)
+            log.info("detection pass: %d events, %d new alerts, %d webhook deliveries queued", res.events,
+                     res.created, queued)
             if settings.once:
+                await asyncio.to_thread(send_due, state, subscriptions, http)
                 return
             await asyncio.sleep(settings.interval_s)
     finally:
+        sender.cancel()
+        if mqtt is not None:
+            mqtt.loop_stop()
+            mqtt.disconnect()
+        http.close()
         store.close()
         state.close()
+
+
+async def _deliver_forever(state: StateDB, subscriptions: list[Subscription], http: httpx.Client,
+                           interval_s: float) -> None:
+    while subscriptions:
+        delivered, failed = await asyncio.to_thread(send_due, state, subscriptions, http)
+        if delivered or failed:
+            log.info("webhooks: %d delivered, %d failed for good", delivered, failed)
+        await asyncio.sleep(interval_s)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from bems.settings import StageSettings
+from bems.settings import BrokerSettings, StageSettings
 
 
 class AnalyticsSettings(StageSettings):
@@ -16,3 +18,7 @@ class AnalyticsSettings(StageSettings):
     interval_s: float = Field(300, gt=0, description="seconds between detection passes")
     lookback_days: float = Field(28, gt=1, le=366, description="history the baselines are computed on")
     once: bool = Field(False, description="run one pass and exit")
+    broker: BrokerSettings | None = Field(None, description="publish new alerts on bems/v1/alerts/... here")
+    subscriptions: Path | None = Field(None, description="utilities' webhook subscriptions (YAML)")
+    tariffs: Path | None = Field(None, description="tariff book (YAML); default: the one shipped with bems")
+    delivery_interval_s: float = Field(5, gt=0, description="seconds between webhook delivery rounds")

@@ -102,7 +102,7 @@ class AlertOut(BaseModel):
         "type": "after_hours", "severity": "warning", "status": "open", "start": "2026-11-20T15:30:00Z",
         "end": "2026-11-20T20:30:00Z", "excess": 412.5, "unit": "kWh",
         "message": "after-hours use 2.1x the usual closed-hours level", "created_at": "2026-11-20T21:00:00Z",
-        "updated_at": "2026-11-20T21:00:00Z"}]})
+        "updated_at": "2026-11-20T21:00:00Z", "cost_rial": 1856250.0}]})
 
     id: int
     building: str
@@ -118,6 +118,7 @@ class AlertOut(BaseModel):
     message: str
     created_at: UtcDatetime
     updated_at: UtcDatetime
+    cost_rial: float | None = Field(None, description="the excess electricity priced by its time-of-use band")
 
 
 class AlertPage(BaseModel):

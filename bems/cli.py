@@ -81,6 +81,26 @@ def _detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deliveries(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from bems.state import Delivery, StateDB
+
+    db = StateDB(args.db)
+    try:
+        with db.session() as s:
+            q = select(Delivery).order_by(Delivery.id.desc()).limit(args.limit)
+            if args.status:
+                q = q.where(Delivery.status == args.status)
+            rows = list(s.scalars(q))
+        for d in rows:
+            print(f"{d.id}\talert {d.alert_id}\t{d.subscription}\t{d.status}\t{d.attempts} attempts\t"
+                  f"{d.last_error or ''}")
+    finally:
+        db.close()
+    return 0
+
+
 def _stage(module: str):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -118,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     det.add_argument("--output", required=True, help="CSV written: series_id,timestamp,score,is_anomaly,type")
     det.add_argument("--skip-bad", action="store_true", help="skip and count bad or irregular rows")
     det.set_defaults(func=_detect)
+
+    dl = sub.add_parser("deliveries", help="list webhook deliveries of alerts (pending, delivered, failed)")
+    dl.add_argument("--db", default="sqlite:///bems-data/state.db", help="relational state URL")
+    dl.add_argument("--status", choices=["pending", "delivered", "failed"])
+    dl.add_argument("--limit", type=int, default=50)
+    dl.set_defaults(func=_deliveries)
 
     u = sub.add_parser("users", help="create, revoke and list API tokens")
     u.add_argument("action", choices=["create", "revoke", "list"])

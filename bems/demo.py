@@ -147,7 +147,8 @@ class Demo:
             self._stage(f"edge-{edge['id']}", "edge", "--config", fleet, "--edge-id", edge["id"],
                         "--broker", broker_url, env={f"BEMS_EDGE_BROKER__{k}": v for k, v in creds.items()})
         self._stage("analytics", "analytics", "--config", fleet, "--store", store, "--db", db,
-                    "--interval-s", str(o.analytics_interval_s))
+                    "--interval-s", str(o.analytics_interval_s), "--broker", broker_url,
+                    env={f"BEMS_ANALYTICS_BROKER__{k}": v for k, v in creds.items()})
         state = StateDB(db)
         token = state.create_token(f"demo-admin-{secrets.token_hex(3)}", "admin")
         state.close()

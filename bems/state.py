@@ -75,6 +75,25 @@ class Alert(Base):
     message: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    cost_rial: Mapped[float | None] = mapped_column(Float, nullable=True)  # excess electricity at its TOU price
+
+
+class Delivery(Base):
+    """One webhook delivery of an alert to a utility's subscription; kept after success and after failure."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (Index("ix_delivery_status_next", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(Integer, index=True)
+    subscription: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ApiToken(Base):
@@ -142,6 +161,7 @@ class TariffOverride(Base):
 @event.listens_for(AlertComment, "load")
 @event.listens_for(AuditEntry, "load")
 @event.listens_for(TariffOverride, "load")
+@event.listens_for(Delivery, "load")
 def _aware(target: Base, _context: object) -> None:
     for col in target.__table__.columns:
         if isinstance(col.type, DateTime):
@@ -269,7 +289,7 @@ class StateDB:
         if order == "updated":
             q = q.order_by(Alert.updated_at.asc(), Alert.id.asc())
         else:
-            q = q.order_by(Alert.excess.desc(), Alert.start.desc(), Alert.id.asc())
+            q = q.order_by(Alert.cost_rial.desc().nulls_last(), Alert.excess.desc(), Alert.start.desc(), Alert.id.asc())
         with self.session() as s:
             return list(s.scalars(q.limit(limit).offset(offset)))
 
