@@ -14,6 +14,7 @@ from bems.store import Matrix, Store
 CUMULATIVE_FIELD = {"electricity": "energy_kwh", "water": "volume_m3", "gas": "volume_m3"}
 UNIT = {"electricity": "kWh", "water": "m3", "gas": "m3"}
 HOUR = dt.timedelta(hours=1)
+QUARTER = dt.timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -28,8 +29,9 @@ class CommodityMatrix:
 
 
 def consumption_matrix(store: Store, fleet: Fleet, commodity: str, start: dt.datetime, end: dt.datetime,
-                       calendar: OfficeCalendar, bucket: dt.timedelta = HOUR) -> CommodityMatrix | None:
-    meters = [m.id for m in fleet.meters_of(commodity=commodity)]
+                       calendar: OfficeCalendar, bucket: dt.timedelta = HOUR,
+                       meters: list[str] | None = None) -> CommodityMatrix | None:
+    meters = meters if meters is not None else [m.id for m in fleet.meters_of(commodity=commodity)]
     if not meters:
         return None
     field = CUMULATIVE_FIELD[commodity]

@@ -14,7 +14,7 @@ import numpy as np
 from analytics.alerts import Event, record
 from analytics.delivery import Subscription, enqueue, load_subscriptions, publish_mqtt, send_due
 from analytics.detectors import ANOMALY_TYPES, DetectorParams, detect, events, params_for
-from analytics.matrix import HOUR, consumption_matrix
+from analytics.matrix import HOUR, QUARTER, CommodityMatrix, consumption_matrix
 from analytics.settings import AnalyticsSettings
 from bems.calendar import OfficeCalendar, default_calendar
 from bems.fleet import COMMODITIES, Fleet, Meter, load_fleet
@@ -40,44 +40,71 @@ def detect_pass(store: Store, state: StateDB, fleet: Fleet, *, end: dt.datetime,
     """One pass over every commodity; an event that continues from the last pass extends its alert."""
     calendar = calendar or default_calendar()
     tariffs = tariffs or default_tariffs()
-    new_alerts: list[Alert] = []
     end = local_hour_floor(end, calendar.timezone)  # whole local hours only: the current one is not over
     start = end - lookback
-    n_events = created = 0
+    results: list[tuple[Alert, bool]] = []
     for commodity in COMMODITIES:
         cm = consumption_matrix(store, fleet, commodity, start, end, calendar)
         if cm is None:
             continue
         meters = [fleet.meter_by_id[m] for m in cm.consumption.meters]
-        contracted = np.array([fleet.building_by_id[m.building].contracted_kw or np.nan
-                               if m.id.endswith(".main-elec") else np.nan for m in meters], dtype=np.float32)
-        rated = np.array([m.rated_kw or np.nan for m in meters], dtype=np.float32) * (HOUR / dt.timedelta(hours=1))
+        rated = np.array([m.rated_kw or np.nan for m in meters], dtype=np.float32)  # kWh in one hour
         det = detect(cm.consumption.values, masks=cm.masks, step_minutes=60,
                      params=params_for([commodity] * len(meters), params),
-                     rated_per_bucket=rated if commodity == "electricity" else None,
-                     contracted_kw=contracted if commodity == "electricity" else None)
-        rows, s_cols, e_cols, kinds = events(det.kind)
-        times = cm.consumption.times
-        price = _prices(tariffs, fleet, meters, times, commodity)
-        for row, s, e, k in zip(rows.tolist(), s_cols.tolist(), e_cols.tolist(), kinds.tolist(), strict=True):
-            meter = meters[row]
-            kind = ANOMALY_TYPES[k]
-            t0 = times[s].astype("datetime64[s]").item().replace(tzinfo=dt.UTC)
-            t1 = t0 + HOUR * (e - s)
-            used = float(np.nansum(cm.consumption.values[row, s:e]))
-            excess = float(det.excess[row, s:e].sum()) if det.excess is not None else 0.0
-            cost = (float(np.nansum(det.excess[row, s:e] * price[row, s:e]))
-                    if price is not None and det.excess is not None else None)
-            event = Event(building=meter.building, meter=meter.id, commodity=commodity, type=kind, start=t0, end=t1,
-                          excess=round(excess, 3), unit=cm.unit, score=float(det.score[row, s:e].max()),
-                          message=_message(kind, meter.id, t0, t1, used, excess, cm.unit),
-                          cost_rial=None if cost is None else round(cost))
-            alert, new = record(state, event)
-            n_events += 1
-            created += new
-            if new:
-                new_alerts.append(alert)
-    return PassResult(n_events, created, new_alerts)
+                     rated_per_bucket=rated if commodity == "electricity" else None)
+        price = _prices(tariffs, fleet, meters, cm.consumption.times, commodity)
+        results += _record_events(state, cm, meters, det.kind, det.excess, det.score, price)
+    results += _peak_pass(store, state, fleet, start, end, calendar)
+    new_alerts = [a for a, new in results if new]
+    return PassResult(len(results), len(new_alerts), new_alerts)
+
+
+def _record_events(state: StateDB, cm: CommodityMatrix, meters: list[Meter], kind: np.ndarray,
+                   excess: np.ndarray | None, score: np.ndarray, price: np.ndarray | None,
+                   limit_kw: np.ndarray | None = None) -> list[tuple[Alert, bool]]:
+    """One alert per event (a run of one anomaly type on one meter); the loop is over events, not readings."""
+    out = []
+    rows, s_cols, e_cols, kinds = events(kind)
+    times, bucket = cm.consumption.times, cm.consumption.bucket
+    for row, s, e, k in zip(rows.tolist(), s_cols.tolist(), e_cols.tolist(), kinds.tolist(), strict=True):
+        meter = meters[row]
+        name = ANOMALY_TYPES[k]
+        t0 = times[s].astype("datetime64[s]").item().replace(tzinfo=dt.UTC)
+        t1 = t0 + bucket * (e - s)
+        values = cm.consumption.values[row, s:e]
+        used = float(np.nansum(values))
+        extra = float(excess[row, s:e].sum()) if excess is not None else 0.0
+        cost = float(np.nansum(excess[row, s:e] * price[row, s:e])) if price is not None and excess is not None \
+            else None
+        detail = (f"{np.nanmax(values) * (HOUR / bucket):.0f} kW at most against {meter.building}'s contracted "
+                  f"{limit_kw[row]:.0f} kW" if limit_kw is not None else None)
+        event = Event(building=meter.building, meter=meter.id, commodity=cm.commodity, type=name, start=t0, end=t1,
+                      excess=round(extra, 3), unit=cm.unit, score=float(score[row, s:e].max()),
+                      message=_message(name, meter.id, t0, t1, used, extra, cm.unit, detail),
+                      cost_rial=None if cost is None else round(cost))
+        out.append(record(state, event))
+    return out
+
+
+def _peak_pass(store: Store, state: StateDB, fleet: Fleet, start: dt.datetime, end: dt.datetime,
+               calendar: OfficeCalendar) -> list[tuple[Alert, bool]]:
+    """Demand against the contracted kW, as utilities bill it: the maximum over 15-minute intervals.
+
+    The building's demand is its main meter's (by convention the meter whose id ends in ``.main-elec``).
+    """
+    mains = [m for m in fleet.meters_of(commodity="electricity")
+             if m.id.endswith(".main-elec") and fleet.building_by_id[m.building].contracted_kw]
+    if not mains:
+        return []
+    cm = consumption_matrix(store, fleet, "electricity", start, end, calendar, QUARTER, [m.id for m in mains])
+    if cm is None:
+        return []
+    kw = cm.consumption.values * (HOUR / QUARTER)
+    limit = np.array([fleet.building_by_id[m.building].contracted_kw for m in mains], dtype=np.float64)[:, None]
+    with np.errstate(invalid="ignore"):
+        over = kw > limit
+    kind = np.where(over, ANOMALY_TYPES.index("peak"), -1).astype(np.int8)
+    return _record_events(state, cm, mains, kind, None, np.where(over, kw / limit, 0), None, limit[:, 0])
 
 
 def _prices(tariffs: TariffBook, fleet: Fleet, meters: list[Meter], times: np.ndarray,
@@ -91,7 +118,8 @@ def _prices(tariffs: TariffBook, fleet: Fleet, meters: list[Meter], times: np.nd
     return np.stack([by_building[m.building] for m in meters])
 
 
-def _message(kind: str, meter: str, t0: dt.datetime, t1: dt.datetime, used: float, excess: float, unit: str) -> str:
+def _message(kind: str, meter: str, t0: dt.datetime, t1: dt.datetime, used: float, excess: float, unit: str,
+             detail: str | None = None) -> str:
     period = f"from {_local(t0)} to {_local(t1)} (Tehran)"
     what = {
         "after_hours": f"{used:.1f} {unit} used after hours, {excess:.1f} {unit} above its usual closed-hours level",
@@ -103,7 +131,7 @@ def _message(kind: str, meter: str, t0: dt.datetime, t1: dt.datetime, used: floa
         "gap": "no readings arrived (meter, edge or network down?)",
         "negative": "the cumulative register went backwards (meter replaced or reset?)",
         "implausible": f"an implausible {used:.1f} {unit} (word order or scaling wrong?)",
-        "peak": f"demand above the contracted kW: {used:.1f} {unit} in one interval",
+        "peak": f"15-minute demand above the contracted kW: {detail}",
     }[kind]
     return f"{meter}: {what} {period}"
 
