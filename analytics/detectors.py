@@ -9,7 +9,7 @@ a meter on its own. Large fleets are processed in blocks of meters so memory sta
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
@@ -159,7 +159,9 @@ def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, 
     working = np.asarray(masks.working, dtype=bool)
     closed = ~working
     flags: dict[str, np.ndarray] = {}
-    scores: dict[str, np.ndarray] = {}
+    # score of each type, computed only where that type is flagged (index arrays in, values out)
+    scores: dict[str, Callable[[tuple[np.ndarray, np.ndarray]], np.ndarray]] = {}
+    one = lambda i: np.ones(i[0].size, dtype=np.float32)  # noqa: E731
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)
         missing = np.isnan(x)
@@ -173,35 +175,43 @@ def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, 
         flags["implausible"] = x > limit
         bad = flags["negative"] | flags["implausible"]
         clean = np.where(bad, np.float32(np.nan), x) if bad.any() else x
-        scores["negative"] = np.where(flags["negative"], 1 + np.abs(x), 0)
-        scores["implausible"] = np.where(flags["implausible"], x / limit, 0)
+        scores["negative"] = lambda i: 1 + np.abs(x[i])
+        scores["implausible"] = lambda i: x[i] / limit[i[0], 0]
 
         seen = np.logical_or.accumulate(~missing, axis=1)  # before a meter's first reading is not a gap
         flags["gap"] = keep_runs(missing & seen, p.gap_buckets)
-        scores["gap"] = flags["gap"].astype(np.float32)
+        scores["gap"] = one
 
         base = trailing_how_baseline(clean, grid, max_weeks=p.max_weeks)
         z = (clean - base.expected) / base.sigma
         exp_closed, sigma_closed = closed_hours_profile(clean, closed, masks.open_day,
                                                         masks.minute // step_minutes, 1440 // step_minutes)
-        expected = np.where(closed[None, :], exp_closed, np.where(np.isnan(base.expected), working_level,
-                                                                   base.expected))
-
         if cumulative:
             zero = np.abs(clean) < 1e-9  # NaN compares False
         else:  # an instantaneous value that repeats exactly, reading after reading
             zero = np.zeros_like(missing)
             zero[:, 1:] = clean[:, 1:] == clean[:, :-1]
         flat = keep_runs(zero, p.flatline_buckets)
-        flags["flatline"] = flat & (np.nan_to_num(expected) > _col(p.flatline_min_rel, m) * working_level)
-        scores["flatline"] = flags["flatline"].astype(np.float32)
+        fi = np.nonzero(flat)
+        if fi[0].size:  # keep only the zeros where consumption was expected
+            exp_at = np.where(closed[fi[1]], exp_closed[fi], base.expected[fi])
+            exp_at = np.where(np.isnan(exp_at), working_level[fi[0], 0], exp_at)
+            keep = exp_at > _col(p.flatline_min_rel, m)[fi[0], 0] * working_level[fi[0], 0]
+            flat[fi[0][~keep], fi[1][~keep]] = False
+        flags["flatline"] = flat
+        scores["flatline"] = one
 
         up = np.nan_to_num(z, nan=0.0)
-        # a spike stands out from its own neighbours too, which a weather-driven or opening rise does not
-        contrast = np.nan_to_num((clean - centered_median5(clean)) / base.sigma, nan=0.0)
-        spike_hi = (up > _col(p.spike_z, m)) & (contrast > _col(p.spike_z, m) / 2)
+        spike_z = _col(p.spike_z, m)
+        spike_hi = up > spike_z
+        si = np.nonzero(spike_hi)
+        if si[0].size:  # a spike stands out from its own neighbours too, which a weather-driven rise does not
+            local = centered_median5(clean[si[0][:, None], np.clip(si[1][:, None] + np.arange(-2, 3), 0, t - 1)])
+            contrast = (clean[si] - local[:, 2]) / base.sigma[si]
+            drop = ~(np.nan_to_num(contrast) > spike_z[si[0], 0] / 2)
+            spike_hi[si[0][drop], si[1][drop]] = False
         flags["spike"] = keep_runs(spike_hi, 1, p.spike_max_buckets)
-        scores["spike"] = np.where(flags["spike"], up / _col(p.spike_z, m), 0)
+        scores["spike"] = lambda i: up[i] / spike_z[i[0], 0]
 
         excess_closed = clean - exp_closed
         threshold = np.fmax(_col(p.waste_z, m) * sigma_closed, _col(p.waste_rel, m) * working_level)
@@ -211,7 +221,7 @@ def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, 
         hol = ~np.asarray(masks.open_day, dtype=bool)[None, :]  # weekends and holidays: a closed day
         flags["holiday"] = waste & hol
         flags["after_hours"] = waste & ~hol
-        scores["holiday"] = scores["after_hours"] = np.where(waste, np.nan_to_num(excess_closed / threshold, nan=1), 0)
+        scores["holiday"] = scores["after_hours"] = lambda i: np.nan_to_num(excess_closed[i] / threshold[i], nan=1)
 
         zc = np.clip(z, -p.sustained_clip, p.sustained_clip)
         short = rolling_mean(zc, p.step_window)
@@ -234,25 +244,29 @@ def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, 
         start_back = np.maximum(s - p.step_window + 1, 0)  # the trailing window lags the true start
         flags["step"] = paint((m, t), rows[is_step], start_back[is_step], e[is_step])
         flags["drift"] = paint((m, t), rows[~is_step], s[~is_step], e[~is_step])
-        scores["step"] = np.abs(short0) / _col(p.step_z, m)
-        scores["drift"] = np.abs(level) / _col(p.drift_z, m)
+        scores["step"] = lambda i: np.abs(short0[i]) / _col(p.step_z, m)[i[0], 0]
+        scores["drift"] = lambda i: np.abs(level[i]) / _col(p.drift_z, m)[i[0], 0]
 
         if contracted is not None:
             kw = clean * np.float32(60.0 / step_minutes)
             limit_kw = np.asarray(contracted, dtype=np.float32).reshape(-1, 1)
             flags["peak"] = kw > limit_kw
-            scores["peak"] = kw / limit_kw
+            scores["peak"] = lambda i: kw[i] / limit_kw[i[0], 0]
 
     kind = out.kind[lo:lo + m]
     score = out.score[lo:lo + m]
     kind.fill(-1)
     np.clip(np.abs(up) / _col(p.spike_z, m), 0, 0.999, out=score)  # below 1: how close to a spike
-    for i, name in reversed(list(enumerate(ANOMALY_TYPES))):  # ten steps; the highest priority is written last
+    for k, name in reversed(list(enumerate(ANOMALY_TYPES))):  # ten steps; the highest priority is written last
         f = flags.get(name)
-        if f is None or not f.any():
+        if f is None:
             continue
-        kind[f] = i
-        score[f] = np.maximum(np.broadcast_to(scores[name], f.shape)[f], 1.0)
+        idx = np.nonzero(f)
+        if idx[0].size:
+            kind[idx] = k
+            score[idx] = np.maximum(scores[name](idx), 1.0)
     if out.expected is not None and out.excess is not None:
+        expected = np.where(closed[None, :], exp_closed,
+                            np.where(np.isnan(base.expected), working_level, base.expected))
         out.expected[lo:lo + m] = expected
         out.excess[lo:lo + m] = np.where(kind >= 0, np.clip(np.nan_to_num(clean - expected), 0, None), 0)
