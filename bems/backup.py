@@ -394,11 +394,19 @@ def backup(out: Path, *, store: str | None = None, db: str | None = None,
     return manifest
 
 
-def verify_backup(src: Path) -> dict:
+def manifest_sha256(src: Path) -> str:
+    """Recorded away from the backup (printed by ``bems backup``), it makes a rewritten manifest detectable too."""
+    return _sha256(src / MANIFEST)
+
+
+def verify_backup(src: Path, expected_manifest_sha256: str | None = None) -> dict:
     """The manifest, once every file it lists has its recorded size and SHA-256 and nothing else was slipped in."""
     path = src / MANIFEST
     if not path.is_file():
         raise BackupError(f"no {MANIFEST} in {src}: not a backup directory, or a backup that did not finish")
+    if expected_manifest_sha256 and manifest_sha256(src) != expected_manifest_sha256.strip().lower():
+        raise BackupError(f"{path} does not match the SHA-256 given with --manifest-sha256: the manifest was "
+                          "altered after the backup; restore from another backup")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         parts = manifest["components"]
@@ -409,8 +417,11 @@ def verify_backup(src: Path) -> dict:
     listed: set[str] = set()
     for role, part in parts.items():
         for f in part["files"]:
+            rel = Path(f["path"])
+            if rel.is_absolute() or ".." in rel.parts:
+                raise BackupError(f"{path} lists {f['path']!r}, outside the backup directory; not a bems manifest")
             listed.add(f["path"])
-            file = src / f["path"]
+            file = src / rel
             if not file.is_file():
                 raise BackupError(f"backup file {file} ({role}) is missing; the backup is incomplete")
             if file.stat().st_size != f["size"] or _sha256(file) != f["sha256"]:
@@ -426,9 +437,9 @@ def verify_backup(src: Path) -> dict:
 
 
 def restore(src: Path, *, store: str | None = None, db: str | None = None, influx_rpc: str = DEFAULT_INFLUX_RPC,
-            force: bool = False) -> list[str]:
+            force: bool = False, expected_manifest_sha256: str | None = None) -> list[str]:
     """Restore what ``src`` holds into the given targets, after checking every file of the backup."""
-    manifest = verify_backup(src)
+    manifest = verify_backup(src, expected_manifest_sha256)
     parts = manifest["components"]
     targets = ([store_target(store)] if store else []) + ([state_target(db)] if db else [])
     if not targets:

@@ -102,13 +102,15 @@ def _deliveries(args: argparse.Namespace) -> int:
 
 
 def _backup(args: argparse.Namespace) -> int:
-    from bems.backup import backup
+    from bems.backup import backup, manifest_sha256
 
     manifest = backup(Path(args.out), store=args.store, db=args.db, influx_rpc=args.influx_rpc)
     for role, part in manifest["components"].items():  # type: ignore[union-attr]
         size = sum(f["size"] for f in part["files"])
         print(f"{role}: {part['kind']} {part['source']} -> {len(part['files'])} file(s), {size} bytes")
     print(f"backup written to {args.out} ({Path(args.out) / 'manifest.json'} lists every file and its SHA-256)")
+    print(f"manifest SHA-256 {manifest_sha256(Path(args.out))}: keep it apart from the backup "
+          "and give it to bems restore --manifest-sha256")
     return 0
 
 
@@ -116,11 +118,11 @@ def _restore(args: argparse.Namespace) -> int:
     from bems.backup import restore, verify_backup
 
     if args.check:
-        manifest = verify_backup(Path(args.source))
+        manifest = verify_backup(Path(args.source), args.manifest_sha256)
         print(f"{args.source}: every file matches its SHA-256 ({', '.join(manifest['components'])})")
         return 0
     for line in restore(Path(args.source), store=args.store, db=args.db, influx_rpc=args.influx_rpc,
-                        force=args.force):
+                        force=args.force, expected_manifest_sha256=args.manifest_sha256):
         print(line)
     return 0
 
@@ -194,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--influx-rpc", default="127.0.0.1:8088", help=rpc_help)
     r.add_argument("--force", action="store_true", help="overwrite a target that is not empty")
     r.add_argument("--check", action="store_true", help="only check the files against the manifest")
+    r.add_argument("--manifest-sha256", help="SHA-256 of manifest.json printed by bems backup, kept elsewhere")
     r.set_defaults(func=_restore)
 
     sim = sub.add_parser("sim", help="simulated meters: serve, inject a fault, write history", add_help=False)

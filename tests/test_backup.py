@@ -258,7 +258,10 @@ def test_restore_refuses_tampered_files_and_non_empty_targets(tmp_path: Path, ca
     _fill_state(db)
     db.close()
     bk = tmp_path / "bk"
+    capsys.readouterr()
     assert main(["backup", "--store", store_url, "--db", state_url, "--out", str(bk)]) == 0
+    printed = capsys.readouterr().out.split("manifest SHA-256 ")[1].split(":")[0]
+    assert printed == hashlib.sha256((bk / "manifest.json").read_bytes()).hexdigest()
     manifest = json.loads((bk / "manifest.json").read_text())
     for part in manifest["components"].values():
         for f in part["files"]:
@@ -295,6 +298,20 @@ def test_restore_refuses_tampered_files_and_non_empty_targets(tmp_path: Path, ca
     assert "state.db" in err and "does not match the SHA-256" in err
     assert not (fresh / "r.db").exists() and not (fresh / "s.db").exists()
     assert main(["restore", "--from", str(bk), "--check"]) == 2
+
+    # whoever rewrites the manifest to match passes the file check, but not the manifest hash kept apart
+    manifest["components"]["state"]["files"][0]["sha256"] = hashlib.sha256(state_file.read_bytes()).hexdigest()
+    (bk / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["restore", "--from", str(bk), "--check"]) == 0
+    assert main(["restore", "--from", str(bk), "--check", "--manifest-sha256", printed]) == 2
+    assert "does not match the SHA-256 given with --manifest-sha256" in capsys.readouterr().err
+
+    # a manifest pointing outside the backup directory is refused
+    manifest["components"]["state"]["files"][0]["path"] = "../src/state.db"
+    (bk / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["restore", "--from", str(bk), "--check"]) == 2
+    assert "outside the backup directory" in capsys.readouterr().err
 
     # a backup without its manifest (unfinished) is refused
     (bk / "manifest.json").unlink()
