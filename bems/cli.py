@@ -101,6 +101,32 @@ def _deliveries(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backup(args: argparse.Namespace) -> int:
+    from bems.backup import backup, manifest_sha256
+
+    manifest = backup(Path(args.out), store=args.store, db=args.db, influx_rpc=args.influx_rpc)
+    for role, part in manifest["components"].items():  # type: ignore[union-attr]
+        size = sum(f["size"] for f in part["files"])
+        print(f"{role}: {part['kind']} {part['source']} -> {len(part['files'])} file(s), {size} bytes")
+    print(f"backup written to {args.out} ({Path(args.out) / 'manifest.json'} lists every file and its SHA-256)")
+    print(f"manifest SHA-256 {manifest_sha256(Path(args.out))}: keep it apart from the backup "
+          "and give it to bems restore --manifest-sha256")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from bems.backup import restore, verify_backup
+
+    if args.check:
+        manifest = verify_backup(Path(args.source), args.manifest_sha256)
+        print(f"{args.source}: every file matches its SHA-256 ({', '.join(manifest['components'])})")
+        return 0
+    for line in restore(Path(args.source), store=args.store, db=args.db, influx_rpc=args.influx_rpc,
+                        force=args.force, expected_manifest_sha256=args.manifest_sha256):
+        print(line)
+    return 0
+
+
 def _stage(module: str):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -154,6 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--regions", help="utility only: comma-separated cities (regions) it is confined to")
     u.add_argument("--config", help="fleet file, to check facility_manager building ids")
     u.set_defaults(func=_users)
+
+    rpc_help = "influxd RPC address (its top-level bind-address), reachable from here; default 127.0.0.1:8088"
+    b = sub.add_parser("backup", help="online, consistent backup of the readings store and the relational state")
+    b.add_argument("--out", required=True, help="new directory for the backup files and manifest.json")
+    b.add_argument("--store", help="readings store URL: sqlite:///path or influx://host:8086/db")
+    b.add_argument("--db", help="relational state URL: sqlite:///path or postgresql+psycopg://user@host/db")
+    b.add_argument("--influx-rpc", default="127.0.0.1:8088", help=rpc_help)
+    b.set_defaults(func=_backup)
+
+    r = sub.add_parser("restore", help="check a backup's SHA-256 sums and restore it into fresh targets")
+    r.add_argument("--from", dest="source", required=True, help="backup directory (with manifest.json)")
+    r.add_argument("--store", help="readings store URL to restore into (same engine as the backup)")
+    r.add_argument("--db", help="relational state URL to restore into (same engine as the backup)")
+    r.add_argument("--influx-rpc", default="127.0.0.1:8088", help=rpc_help)
+    r.add_argument("--force", action="store_true", help="overwrite a target that is not empty")
+    r.add_argument("--check", action="store_true", help="only check the files against the manifest")
+    r.add_argument("--manifest-sha256", help="SHA-256 of manifest.json printed by bems backup, kept elsewhere")
+    r.set_defaults(func=_restore)
 
     sim = sub.add_parser("sim", help="simulated meters: serve, inject a fault, write history", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)

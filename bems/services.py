@@ -131,7 +131,7 @@ class Influxd(ManagedProcess):
             raise ServiceError("influxd not found; install it with `apt-get install influxdb` "
                                "(scripts/install-services does this)")
         self.port = port or free_port()
-        rpc = free_port()
+        rpc = self.rpc_port = free_port()  # top-level bind-address: influxd backup/restore talk to it
         workdir.mkdir(parents=True, exist_ok=True)
         conf = workdir / "influxdb.conf"
         conf.write_text(
@@ -157,6 +157,10 @@ class Influxd(ManagedProcess):
 
     def url(self, database: str = "bems") -> str:
         return f"influx://127.0.0.1:{self.port}/{database}"
+
+    @property
+    def rpc_address(self) -> str:
+        return f"127.0.0.1:{self.rpc_port}"
 
 
 def temp_workdir(prefix: str) -> Path:
