@@ -296,8 +296,8 @@ def generate(o: BrokerOptions) -> BrokerReport:
     clients_dir = out / "clients"
     clients_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(clients_dir, 0o700)
-    hashes = []
-    for c in clients:
+    hashes, env_files = [], {}
+    for c in clients:  # every file's text first: a path an env file cannot carry stops before anything is written
         path = clients_dir / f"{c.username}.env"
         old = read_env(path).get(f"{c.prefix}PASSWORD") if path.exists() else None
         if old and "all" not in o.rotate and c.username not in o.rotate:
@@ -306,8 +306,10 @@ def generate(o: BrokerOptions) -> BrokerReport:
         else:
             password = secrets.token_urlsafe(32)
             report.new.append(c.username)
-        write_private(path, env_text(c, password, url, tls.ca))
+        env_files[path] = env_text(c, password, url, tls.ca)
         hashes.append(f"{c.username}:{mosquitto_hash(password)}")
+    for path, text in env_files.items():
+        write_private(path, text)
     for stale in sorted(clients_dir.glob("*.env")):
         if stale.stem not in names:
             stale.unlink()
