@@ -124,6 +124,28 @@ def _restore(args: argparse.Namespace) -> int:
     for line in restore(Path(args.source), store=args.store, db=args.db, influx_rpc=args.influx_rpc,
                         force=args.force, expected_manifest_sha256=args.manifest_sha256):
         print(line)
+def _broker(args: argparse.Namespace) -> int:
+    """Prints where things went and who got a credential, never a password: those are only in clients/*.env."""
+    from bems.broker import BrokerOptions, generate
+
+    report = generate(BrokerOptions(
+        fleet=Path(args.config), out=Path(args.out), listen=args.listen, port=args.port,
+        hostnames=args.hostname or [], collectors=args.collector or ["collector"], utilities=args.utility or [],
+        cafile=Path(args.cafile) if args.cafile else None, certfile=Path(args.certfile) if args.certfile else None,
+        keyfile=Path(args.keyfile) if args.keyfile else None, run_as=args.run_as, rotate=args.rotate or []))
+    out = report.conf.parent
+    print(f"wrote {report.conf}: TLS listener {args.listen}:{args.port}, anonymous off, runs as {report.run_as}")
+    print(f"clients connect to {report.url}" + (f" trusting {report.tls.ca}" if report.tls.ca else ""))
+    by_role: dict[str, list[str]] = {}
+    for c in report.clients:
+        by_role.setdefault(c.role, []).append(c.username)
+    for role, names in by_role.items():
+        print(f"  {role}: {', '.join(names)}")
+    print(f"credentials in {out / 'clients'}/<name>.env (0600): {len(report.new)} new, {len(report.kept)} kept"
+          + (f", removed {', '.join(report.removed)}" if report.removed else ""))
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"start: mosquitto -c {report.conf}   (running broker: kill -HUP to reload passwd and acl)")
     return 0
 
 
@@ -198,6 +220,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--check", action="store_true", help="only check the files against the manifest")
     r.add_argument("--manifest-sha256", help="SHA-256 of manifest.json printed by bems backup, kept elsewhere")
     r.set_defaults(func=_restore)
+    br = sub.add_parser("broker", help="broker lock-down: generate a mosquitto configuration for the fleet")
+    brs = br.add_subparsers(dest="broker_command", required=True)
+    bc = brs.add_parser("config", help="TLS, one credential per client, ACLs; re-running keeps CA and passwords")
+    bc.add_argument("--config", required=True, help="the fleet file (YAML)")
+    bc.add_argument("--out", required=True, help="directory for mosquitto.conf, passwd, acl, tls/, clients/")
+    bc.add_argument("--listen", default="127.0.0.1", help="address the TLS listener binds (default 127.0.0.1)")
+    bc.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    bc.add_argument("--hostname", action="append", metavar="NAME",
+                    help="name or address clients connect to (certificate SAN; the first goes in their URL); "
+                         "repeatable")
+    bc.add_argument("--collector", action="append", metavar="NAME",
+                    help="one credential per collector instance (default: one named 'collector'); repeatable")
+    bc.add_argument("--utility", action="append", metavar="NAME=COMMODITY[,COMMODITY]",
+                    help="a utility reading its commodities' alerts, e.g. tavanir=electricity; repeatable")
+    bc.add_argument("--cafile", help="CA certificate(s) clients trust, when bringing your own certificates")
+    bc.add_argument("--certfile", help="the broker's certificate (PEM, intermediates after it)")
+    bc.add_argument("--keyfile", help="the broker's private key (PEM, unencrypted)")
+    bc.add_argument("--run-as", help="user mosquitto runs as (default: mosquitto when root, else you)")
+    bc.add_argument("--rotate", action="append", metavar="NAME",
+                    help="issue a new password for this credential ('all' for every one); repeatable")
+    bc.set_defaults(func=_broker)
 
     sim = sub.add_parser("sim", help="simulated meters: serve, inject a fault, write history", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)
