@@ -71,8 +71,8 @@ class Device(_Strict):
         if is_profile_file(name):
             try:
                 load_profile(name)
-            except ConfigError as exc:
-                raise ValueError(str(exc)) from None
+            except ConfigError as exc:  # one line per problem of the profile file, under this key
+                raise ValueError(str(exc).replace(": invalid configuration\n  ", ": ").replace("\n  ", "; ")) from None
             return name
         allowed = available_profiles()
         if name not in allowed:

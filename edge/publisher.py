@@ -122,8 +122,8 @@ class Publisher:
             if seq is None:
                 if rc is not None and rc.is_failure:
                     self.refused_status += 1
-                    log.error("broker refused the status publish on %s: %s; check this edge's ACL",
-                              self.topic_status, rc)
+                    log.log(logging.ERROR if self.refused_status == 1 else logging.DEBUG,
+                            "broker refused the status publish on %s: %s; check this edge's ACL", self.topic_status, rc)
                 continue
             if rc is not None and rc.is_failure:
                 refused.append((seq, f"broker: {rc}"))

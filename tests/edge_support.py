@@ -37,7 +37,8 @@ class Subscriber:
             self.client.tls_set(ca_certs=tls["ca_file"])
         self.client.reconnect_delay_set(0.2, 1)
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: (c.subscribe(topic, qos=1), self.connected.set())
+        topics = [(topic, 1), ("bems/v1/+/edge/+/status", 1)]
+        self.client.on_connect = lambda c, *_: (c.subscribe(topics), self.connected.set())
         self.client.on_disconnect = lambda *_: self.connected.clear()
         self.client.connect_async("127.0.0.1", port)
         self.client.loop_start()
@@ -87,11 +88,12 @@ class Edge:
     """``python -m edge`` for the test fleet, with its metrics endpoint on a free port."""
 
     def __init__(self, tmp: Path, fleet: Path, broker_url: str, *args: str, name: str = "edge",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, edge_id: str = "edge-test") -> None:
         self.metrics_port = free_port()
+        tmp.mkdir(parents=True, exist_ok=True)
         self.state_dir = tmp / "state"
-        self.queue = self.state_dir / "edge-test" / "queue.db"
-        self.proc = StageProcess("edge", ["--config", str(fleet), "--edge-id", "edge-test", "--broker", broker_url,
+        self.queue = self.state_dir / edge_id / "queue.db"
+        self.proc = StageProcess("edge", ["--config", str(fleet), "--edge-id", edge_id, "--broker", broker_url,
                                           "--state-dir", str(self.state_dir), "--metrics-port",
                                           str(self.metrics_port), "--status-interval-s", "1", *args],
                                  tmp / f"{name}.log", env=env)
