@@ -22,6 +22,15 @@ def setup(argv: Sequence[str] | None = None) -> EdgeSettings:
     return stage.setup(EdgeSettings, argv, PROG, ABOUT)
 
 
+def use_uvloop() -> None:
+    """uvloop (libuv) when installed: the same asyncio API with much cheaper sockets and timers per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = setup(argv)
@@ -29,6 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if not settings.check:
+        use_uvloop()
         return stage.main(EdgeSettings, run, argv, PROG, ABOUT)
     from edge.check import check
 

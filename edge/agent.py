@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections import defaultdict
@@ -66,24 +67,16 @@ class EdgeAgent:
         self._wake = asyncio.Event()
         self._status_now = asyncio.Event()
         self.publisher = Publisher(settings.broker, settings.edge_id, self.building, window=settings.inflight,
-                                   mqtt_version=settings.mqtt_version, wake=self._wake_threadsafe)
+                                   mqtt_version=settings.mqtt_version, wake=self._wake.set)
         self.publisher.last_seq = self.outbox.last_seq
         self.publisher.status_extra = lambda: summary(self.devices, self.totals)
-        self.publisher.on_online = self._status_threadsafe
+        self.publisher.on_online = self._status_now.set
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edge-queue")
         self.metrics: MetricsServer | None = None
         self._refused_here: list[tuple[int, str]] = []  # refused by the edge's own topic check, to set aside
         self._refusals_logged: set[str] = set()
 
     # -- wiring -------------------------------------------------------------------------------------------------
-    def _wake_threadsafe(self) -> None:
-        if self._loop is not None and not self._wake.is_set():
-            self._loop.call_soon_threadsafe(self._wake.set)
-
-    def _status_threadsafe(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._status_now.set)
-
     def sink(self, dev: DeviceState, ts: datetime, values: dict[str, float], quality: Quality) -> None:
         """Called by the pollers: the reading gets its sequence number when it is stored."""
         meter, building, edge = dev.id, self.building, self.settings.edge_id
@@ -152,7 +145,7 @@ class EdgeAgent:
         buses = make_buses(self.groups)
         log.info("edge %s polls %d meters on %d connections; queue %s holds %d readings (last seq %d)",
                  s.edge_id, len(self.devices), len(buses), self.outbox.path, self.outbox.depth, self.outbox.last_seq)
-        self.publisher.start()
+        publishing = asyncio.create_task(self.publisher.run())
         on_health = lambda _d: self._status_now.set()  # noqa: E731
         pollers = [BusPoller(buses[k], devs, self.sink, on_health) for k, devs in self.groups.items()]
         # spread first polls over each period so a thousand meters do not all fire in the same millisecond
@@ -160,17 +153,18 @@ class EdgeAgent:
         n = len(self.devices)
         tasks = [asyncio.create_task(p.run([d.period * order[id(d)] / n for d in p.devices])) for p in pollers]
         tasks += [asyncio.create_task(self._queue_worker()), asyncio.create_task(self._status_loop())]
+        gc.freeze()  # the fleet, profiles and devices live as long as the process: keep them out of every GC pass
         try:
             await asyncio.gather(*tasks)
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
-            await self._shutdown(buses)
+            pending = set(tasks)
+            while pending:  # cancel again until done: a cancellation can be lost inside pymodbus (3.11 wait_for)
+                for t in pending:
+                    t.cancel()
+                _, pending = await asyncio.wait(pending, timeout=0.5)
+            await self._shutdown(buses, publishing)
 
-    async def _shutdown(self, buses: dict[str, Bus]) -> None:
+    async def _shutdown(self, buses: dict[str, Bus], publishing: asyncio.Task[None]) -> None:
         for b in buses.values():
             b.close()
         try:
@@ -180,7 +174,10 @@ class EdgeAgent:
                 await asyncio.sleep(0.05)
                 await self._cycle()
         finally:
-            self.publisher.stop()
+            await self.publisher.stop()
+            publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publishing
             await self._loop.run_in_executor(self.pool, self.outbox.close)  # type: ignore[union-attr]
             self.pool.shutdown()
             if self.metrics is not None:

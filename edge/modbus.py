@@ -70,7 +70,8 @@ class Bus:
 
     async def _request(self, call: object, timeout: float, device_id: int, address: int):  # type: ignore[no-untyped-def]
         try:
-            return await asyncio.wait_for(call, timeout)  # type: ignore[arg-type]
+            async with asyncio.timeout(timeout):  # cheaper than wait_for: no extra task per request
+                return await call  # type: ignore[misc]
         except TimeoutError:
             self.reset()
             raise ReadError("timeout", f"{self.name} device {device_id}: no answer within {timeout:g} s "

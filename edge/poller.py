@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from bems.fleet import Edge, Meter
-from bems.registers import ReadBlock, decode_block, plan_reads
+from bems.registers import ReadBlock, plan_reads
 from bems.wire import Quality, utcnow
+from edge.decode import block_decoder
 from edge.modbus import Bus, ReadError
 
 log = logging.getLogger("bems.edge")
@@ -41,8 +42,12 @@ class DeviceState:
     reads_failed: int = 0
     overruns: int = 0  # periods skipped because a poll ran past its next due time
     errors: Counter[str] = field(default_factory=Counter)  # failed requests by kind (timeout, crc, ...)
+    decoders: list[Callable[[list[int]], dict[str, float]]] = field(default_factory=list)
     last_error: str | None = None
     last_ok: datetime | None = None
+
+    def __post_init__(self) -> None:
+        self.decoders = [block_decoder(b) for b in self.blocks]
 
     @classmethod
     def of(cls, meter: Meter, edge: Edge, period: float | None = None, timeout: float | None = None) -> DeviceState:
@@ -70,7 +75,7 @@ Sink = Callable[[DeviceState, datetime, dict[str, float], Quality], None]
 async def read_device(bus: Bus, dev: DeviceState) -> tuple[dict[str, float], Quality]:
     """Read every planned block (each with the device's retries) and decode; non-finite values are left out."""
     values: dict[str, float] = {}
-    for block in dev.blocks:
+    for block, decoder in zip(dev.blocks, dev.decoders, strict=True):
         for attempt in range(dev.retries + 1):
             try:
                 regs = await bus.read(dev.meter.device.device_id, block.function, block.address, block.count,
@@ -80,7 +85,7 @@ async def read_device(bus: Bus, dev: DeviceState) -> tuple[dict[str, float], Qua
                 dev.errors[exc.kind] += 1
                 if attempt == dev.retries:
                     raise
-        values.update(decode_block(block, regs))
+        values.update(decoder(regs))
     finite = {k: v for k, v in values.items() if math.isfinite(v)}
     if not finite:
         dev.errors["invalid"] += 1
@@ -100,7 +105,10 @@ class BusPoller:
         now = loop.time()
         for dev, offset in zip(self.devices, offsets, strict=True):
             dev.next_due = now + offset
+        task = asyncio.current_task()
         while True:
+            if task is not None and task.cancelling():  # pymodbus' wait_for (3.11) can swallow a cancellation
+                raise asyncio.CancelledError
             dev = min(self.devices, key=lambda d: d.next_due)
             delay = dev.next_due - loop.time()
             if delay > 0:

@@ -6,18 +6,20 @@ meter holds across outages and restarts, and a reading never lives only in paho'
 readings are unacknowledged at a time. With MQTT 5 a broker that refuses a publish (not authorized, quota) says so
 in the PUBACK; the reading is then set aside and reported, never retried forever.
 
-Threads: paho calls back from its network thread; ``send``/``take_acks`` run on the agent's event loop. A lock
-keeps a reconnection from interleaving with a send; ``on_publish`` only appends to a deque (paho holds its own
-lock while calling it).
+paho runs on the agent's event loop (its socket registered with ``add_reader``/``add_writer``, keepalive from a
+small task), not in a thread of its own: every callback and every send happens on one thread, so no lock is needed
+and no wake-up pipe is written per message. Only the blocking TCP/TLS connect runs on a worker thread, while nothing
+else touches the client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import threading
-from collections import deque
+import time
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
@@ -32,12 +34,14 @@ log = logging.getLogger("bems.edge")
 
 class Publisher:
     def __init__(self, broker: BrokerSettings, edge_id: str, building: str, *, window: int = 500,
-                 mqtt_version: str = "5", wake: Callable[[], None] = lambda: None) -> None:
+                 mqtt_version: str = "5", wake: Callable[[], None] = lambda: None,
+                 reconnect_max_s: float = 10.0) -> None:
         self.broker, self.edge_id, self.building = broker, edge_id, building
         self.prefix = f"{TOPIC_ROOT}/{building}/"
         self.topic_status = status_topic(building, edge_id)
         self.window = self.limit = window
         self.v5 = mqtt_version == "5"
+        self.reconnect_max_s = reconnect_max_s
         offline = json.dumps({"state": "offline", "edge": edge_id}).encode()
         self.client = make_client(broker, f"bems-edge-{edge_id}", clean_session=True, will=(self.topic_status, offline),
                                   protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311)
@@ -48,9 +52,19 @@ class Publisher:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_publish = self._on_publish
+        self.client.on_socket_open = self._on_socket_open
+        self.client.on_socket_close = self._on_socket_close
+        self.client.on_socket_register_write = self._on_register_write
+        self.client.on_socket_unregister_write = self._on_unregister_write
         self._wake = wake
-        self._lock = threading.Lock()
-        self._acks: deque[tuple[int, mqtt.ReasonCode | None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._stopping = False
+        self._had_session = False
+        self._loop_thread = 0
+        self._acked: list[int] = []
+        self._refused: list[tuple[int, str]] = []
+        self._replayed = 0
         self.connected = False
         self.generation = 0
         self.inflight: dict[int, int] = {}  # mid -> seq
@@ -58,46 +72,116 @@ class Publisher:
         self.replay_upto = 0  # readings up to this seq were queued before this connection: their sending is replay
         self.last_seq = 0  # kept current by the agent
         self.done: set[int] = set()  # acknowledged, not yet deleted from the queue
-        self._early: list[int] = []  # acknowledged on a previous connection, waiting for take_acks
-        self._early_refused: list[tuple[int, str]] = []
-        self._early_replayed = 0
         self.refused_status = 0
         self.status_extra: Callable[[], dict[str, object]] = dict
-        self.on_online: Callable[[], None] = lambda: self.status("online")  # the agent sends its full status
+        self.on_online: Callable[[], None] = lambda: None  # the agent sends its full status
 
-    # -- lifecycle --------------------------------------------------------------------------------------------
-    def start(self) -> None:
-        kwargs = {"clean_start": True} if self.v5 else {}
-        self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s, **kwargs)
-        self.client.loop_start()
+    # -- connection (a task on the agent's loop) ------------------------------------------------------------------
+    async def run(self) -> None:
+        """Connect, and reconnect with backoff whenever the connection ends, until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        delay, first = 1.0, True
+        while not self._stopping:
+            self._closed = self._loop.create_future()
+            try:
+                await self._loop.run_in_executor(None, self._connect, first)
+            except (OSError, ValueError) as exc:  # refused, unreachable, TLS handshake failed
+                self._closed = None
+                self.watch.last_error = f"cannot reach the broker at {self.broker.url}: {exc}"
+                log.log(logging.ERROR if first or delay == 1.0 else logging.DEBUG, "edge %s %s; retrying",
+                        self.edge_id, self.watch.last_error)
+            else:
+                first = False
+                misc = asyncio.create_task(self._misc())
+                try:
+                    await self._closed
+                finally:
+                    misc.cancel()
+                if self._had_session:  # it was up: try again soon, the next outage starts its backoff anew
+                    self._had_session, delay = False, 1.0
+                    log.log(logging.DEBUG if self._stopping else logging.WARNING,
+                            "edge %s lost the broker; readings wait in the queue", self.edge_id)
+            if self._stopping:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_s)
 
-    def stop(self) -> None:
+    def _connect(self, first: bool) -> None:
+        """Blocking TCP (and TLS) connect, then CONNECT is queued; runs on a worker thread."""
+        if first:
+            kwargs = {"clean_start": True} if self.v5 else {}
+            self.client.connect(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s, **kwargs)
+        else:
+            self.client.reconnect()
+
+    async def _misc(self) -> None:
+        while self.client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # keepalive pings, broker silence
+            await asyncio.sleep(1.0)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._loop.add_reader, sock, self._readable)
+
+    def _readable(self) -> None:
+        sock = self.client.socket()
+        while True:
+            self.client.loop_read(100)
+            if sock is None or not getattr(sock, "pending", lambda: 0)() or self.client.socket() is not sock:
+                break  # TLS may hold whole records already read from the socket: drain them too
+
+    def _on_register_write(self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._loop.add_writer, sock, self.client.loop_write)
+
+    def _on_unregister_write(self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike) -> None:
+        self._on_loop(self._loop.remove_writer, sock)  # type: ignore[union-attr]
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike) -> None:
+        self.connected = False
+        self._on_loop(self._closed_socket, sock)
+
+    def _closed_socket(self, sock: mqtt.SocketLike) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(sock)
+        self._loop.remove_writer(sock)
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+
+    def _on_loop(self, fn: Callable[..., object], *args: object) -> None:
+        """Run now if on the event loop's thread, else hand it over (paho may call from the connect thread)."""
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    async def stop(self) -> None:
+        self._stopping = True
         if self.connected:
             info = self.client.publish(self.topic_status, self._status_payload("offline"), qos=1, retain=True)
-            with contextlib.suppress(RuntimeError, ValueError):
-                info.wait_for_publish(2)
-        self.client.disconnect()
-        self.client.loop_stop()
+            deadline = time.monotonic() + 2
+            while not info.is_published() and self.connected and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            self.client.disconnect()
+            if self._closed is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._closed), 2)
 
-    # -- paho callbacks (network thread) ----------------------------------------------------------------------
+    # -- paho callbacks (on the event loop) -----------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
                     reason_code: mqtt.ReasonCode, properties: mqtt.Properties | None) -> None:
         self._watch_connect(client, userdata, flags, reason_code, properties)
         if reason_code.is_failure:
             return
-        with self._lock:
-            acked, refused, replayed = self._drain()  # acknowledgements of the old connection still count
-            self._early.extend(acked)
-            self._early_refused.extend(refused)
-            self._early_replayed += replayed
-            client.drop_out_messages()  # resend from the queue instead, in order
-            self.inflight.clear()
-            self.cursor = 0
-            self.replay_upto = self.last_seq
-            self.generation += 1
-            receive_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
-            self.limit = min(self.window, receive_max) if receive_max else self.window
-            self.connected = True
+        client.drop_out_messages()  # resend from the queue instead, in order
+        self.inflight.clear()
+        self.cursor = 0
+        self.replay_upto = self.last_seq
+        self.generation += 1
+        receive_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
+        self.limit = min(self.window, receive_max) if receive_max else self.window
+        self.connected = self._had_session = True
         self.on_online()
         self._wake()
 
@@ -108,40 +192,29 @@ class Publisher:
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code: mqtt.ReasonCode | None,
                     properties: mqtt.Properties | None) -> None:
-        self._acks.append((mid, reason_code))
+        seq = self.inflight.pop(mid, None)
+        failed = reason_code is not None and reason_code.is_failure
+        if seq is None:
+            if failed:
+                self.refused_status += 1
+                log.log(logging.ERROR if self.refused_status == 1 else logging.DEBUG,
+                        "broker refused the status publish on %s: %s; check this edge's ACL", self.topic_status,
+                        reason_code)
+            return
+        if failed:
+            self._refused.append((seq, f"broker: {reason_code}"))
+        else:
+            self._acked.append(seq)
+            self.done.add(seq)
+            self._replayed += seq <= self.replay_upto
         self._wake()
 
-    # -- event loop side --------------------------------------------------------------------------------------
-    def _drain(self) -> tuple[list[int], list[tuple[int, str]], int]:
-        acked: list[int] = []
-        refused: list[tuple[int, str]] = []
-        replayed = 0
-        while self._acks:
-            mid, rc = self._acks.popleft()
-            seq = self.inflight.pop(mid, None)
-            if seq is None:
-                if rc is not None and rc.is_failure:
-                    self.refused_status += 1
-                    log.log(logging.ERROR if self.refused_status == 1 else logging.DEBUG,
-                            "broker refused the status publish on %s: %s; check this edge's ACL", self.topic_status, rc)
-                continue
-            if rc is not None and rc.is_failure:
-                refused.append((seq, f"broker: {rc}"))
-            else:
-                acked.append(seq)
-                replayed += seq <= self.replay_upto
-        self.done.update(acked)
-        return acked, refused, replayed
-
+    # -- the agent's side -----------------------------------------------------------------------------------------
     def take_acks(self) -> tuple[list[int], list[tuple[int, str]], int]:
         """Sequence numbers the broker acknowledged, those it refused (with the reason), and how many were replays."""
-        with self._lock:
-            acked, refused, replayed = self._drain()
-            acked = self._early + acked
-            refused = self._early_refused + refused
-            replayed += self._early_replayed
-            self._early, self._early_refused, self._early_replayed = [], [], 0
-        return acked, refused, replayed
+        out = self._acked, self._refused, self._replayed
+        self._acked, self._refused, self._replayed = [], [], 0
+        return out
 
     def forget(self, seqs: list[int]) -> None:
         """The queue deleted these rows; no need to remember them as done any more."""
@@ -149,37 +222,33 @@ class Publisher:
 
     def position(self) -> tuple[int, int, int]:
         """(generation, cursor, room): where the next fetch from the queue starts and how many rows may go."""
-        with self._lock:
-            room = max(self.limit - len(self.inflight), 0) if self.connected else 0
-            return self.generation, self.cursor, room
+        room = max(self.limit - len(self.inflight), 0) if self.connected else 0
+        return self.generation, self.cursor, room
 
     def send(self, rows: list[Row], generation: int) -> tuple[int, list[tuple[int, str]]]:
         """Publish rows fetched at ``generation``; returns (count sent, rows refused here as outside this building)."""
         sent = 0
         refused: list[tuple[int, str]] = []
-        with self._lock:
-            if generation != self.generation:
-                return 0, refused  # a reconnection reset the cursor; these rows come again from the queue
-            for seq, topic, payload in rows:
-                if not self.connected or len(self.inflight) >= self.limit:
-                    break
-                self.cursor = seq
-                if seq in self.done:
-                    continue
-                if not topic.startswith(self.prefix):
-                    refused.append((seq, f"edge: topic {topic} is outside building {self.building}"))
-                    log.error("refusing to publish on %s: this edge may only publish under %s", topic, self.prefix)
-                    continue
-                info = self.client.publish(topic, payload, qos=1)
-                if info.rc == mqtt.MQTT_ERR_NO_CONN:
-                    self.cursor = seq - 1
-                    break
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        if generation != self.generation:
+            return 0, refused  # a reconnection reset the cursor; these rows come again from the queue
+        for seq, topic, payload in rows:
+            if not self.connected or len(self.inflight) >= self.limit:
+                break
+            self.cursor = seq
+            if seq in self.done:
+                continue
+            if not topic.startswith(self.prefix):
+                refused.append((seq, f"edge: topic {topic} is outside building {self.building}"))
+                log.error("refusing to publish on %s: this edge may only publish under %s", topic, self.prefix)
+                continue
+            info = self.client.publish(topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                if info.rc != mqtt.MQTT_ERR_NO_CONN:
                     log.error("publish of seq %d on %s failed: %s", seq, topic, mqtt.error_string(info.rc))
-                    self.cursor = seq - 1
-                    break
-                self.inflight[info.mid] = seq
-                sent += 1
+                self.cursor = seq - 1
+                break
+            self.inflight[info.mid] = seq
+            sent += 1
         return sent, refused
 
     # -- status ---------------------------------------------------------------------------------------------

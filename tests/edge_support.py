@@ -76,7 +76,10 @@ class Subscriber:
 def meters_fleet(path: Path, n: int, per_port: int = 10, period: float = 1.0, profile: str = "sdm630",
                  edge_extra: dict[str, Any] | None = None, **device: Any) -> tuple[Path, list[int]]:
     """``n`` meters of one building, ``per_port`` behind each simulator port (an RS-485 gateway or a meter)."""
-    ports = [free_port() for _ in range((n + per_port - 1) // per_port)]
+    ports: list[int] = []
+    while len(ports) < (n + per_port - 1) // per_port:  # free_port may hand out a port twice
+        if (port := free_port()) not in ports:
+            ports.append(port)
     meters = [{"id": f"test-hq.m{i:03d}", "building": "test-hq", "commodity": "electricity", "rated_kw": 100,
                "device": {"port": ports[i // per_port], "device_id": i % per_port + 1, "profile": profile, **device}}
               for i in range(n)]

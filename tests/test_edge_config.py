@@ -4,6 +4,8 @@ keeps its promises on its own: sequence numbers never go back, the disk cap drop
 from __future__ import annotations
 
 import json
+import math
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -11,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from bems.fleet import load_fleet
+from bems.registers import available_profiles, decode_block, load_profile, plan_reads
 from edge.__main__ import main
+from edge.decode import block_decoder
 from edge.outbox import Outbox
 from tests.edge_support import BUILDING
 from tests.stages import write_fleet
@@ -151,3 +155,14 @@ def test_refused_readings_are_set_aside(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "queue.db")
     assert db.execute("SELECT seq, reason FROM refused").fetchall() == [(rows[1][0], "broker: Not authorized")]
     assert q.counter("refused") == 1
+
+
+def test_fast_block_decoder_matches_the_profiles() -> None:
+    rng = random.Random(5)
+    for name in available_profiles():
+        for block in plan_reads(load_profile(name)):
+            for _ in range(200):
+                regs = [rng.randrange(65536) for _ in range(block.count)]
+                want, got = decode_block(block, regs), block_decoder(block)(regs)
+                assert want.keys() == got.keys()
+                assert all(want[k] == got[k] or (math.isnan(want[k]) and math.isnan(got[k])) for k in want)
