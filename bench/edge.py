@@ -152,7 +152,7 @@ def throughput(tmp: Path, broker: Mosquitto, meters: int, connections: int, seco
             wait_port(p, 30)
         use_uvloop()  # the same event loop as the edge's
         raw_regs, raw_req = asyncio.run(raw_pymodbus(fleet, seconds))
-        edge, mport = start_edge(tmp, fleet, broker, "edge-throughput", "--poll-period-s", "0.001")
+        edge, mport = start_edge(tmp, fleet, broker, "edge-throughput", "--poll-period-s", "0.000001")
         try:
             time.sleep(3)  # warm up: connections open, first batches stored and acknowledged
             m0, t0 = metrics(mport), time.monotonic()

@@ -38,8 +38,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if not settings.check:
+        policy = asyncio.get_event_loop_policy()
         use_uvloop()
-        return stage.main(EdgeSettings, run, argv, PROG, ABOUT)
+        try:
+            return stage.main(EdgeSettings, run, argv, PROG, ABOUT)
+        finally:
+            asyncio.set_event_loop_policy(policy)  # main() may run inside another program (tests)
     from edge.check import check
 
     stage.configure_logging("CRITICAL" if settings.log_level.upper() == "INFO" else settings.log_level)

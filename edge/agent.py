@@ -104,7 +104,9 @@ class EdgeAgent:
         refused += self._refused_here
         self._refused_here = []
         generation, cursor, room = self.publisher.position()
-        res = await self._loop.run_in_executor(self.pool, self.outbox.cycle, pending, acked, refused, cursor, room)
+        # shielded: a stop must not cancel a cycle that holds readings taken out of ``pending``
+        res = await asyncio.shield(self._loop.run_in_executor(self.pool, self.outbox.cycle, pending, acked, refused,
+                                                              cursor, room))
         self.publisher.last_seq = res.last_seq
         self.publisher.forget(acked)
         sent, self._refused_here = self.publisher.send(res.rows, generation)
@@ -146,6 +148,7 @@ class EdgeAgent:
         log.info("edge %s polls %d meters on %d connections; queue %s holds %d readings (last seq %d)",
                  s.edge_id, len(self.devices), len(buses), self.outbox.path, self.outbox.depth, self.outbox.last_seq)
         publishing = asyncio.create_task(self.publisher.run())
+        publishing.add_done_callback(_report_crash)
         on_health = lambda _d: self._status_now.set()  # noqa: E731
         pollers = [BusPoller(buses[k], devs, self.sink, on_health) for k, devs in self.groups.items()]
         # spread first polls over each period so a thousand meters do not all fire in the same millisecond
@@ -183,6 +186,12 @@ class EdgeAgent:
             if self.metrics is not None:
                 self.metrics.close()
             log.info("edge %s stopped; %d readings wait in the queue", self.settings.edge_id, self.totals.queue_depth)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("the MQTT publisher stopped: %r; readings wait in the queue until the edge restarts",
+                     task.exception())
 
 
 async def run(settings: EdgeSettings) -> None:

@@ -86,7 +86,7 @@ class Publisher:
             self._closed = self._loop.create_future()
             try:
                 await self._loop.run_in_executor(None, self._connect, first)
-            except (OSError, ValueError) as exc:  # refused, unreachable, TLS handshake failed
+            except Exception as exc:  # refused, unreachable, TLS handshake failed: keep trying, the queue waits
                 self._closed = None
                 self.watch.last_error = f"cannot reach the broker at {self.broker.url}: {exc}"
                 log.log(logging.ERROR if first or delay == 1.0 else logging.DEBUG, "edge %s %s; retrying",
@@ -131,8 +131,7 @@ class Publisher:
                 break  # TLS may hold whole records already read from the socket: drain them too
 
     def _on_register_write(self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.add_writer, sock, self.client.loop_write)
+        self._on_loop(self._loop.add_writer, sock, self.client.loop_write)  # type: ignore[union-attr]
 
     def _on_unregister_write(self, client: mqtt.Client, userdata: object, sock: mqtt.SocketLike) -> None:
         self._on_loop(self._loop.remove_writer, sock)  # type: ignore[union-attr]
