@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -35,6 +36,7 @@ log = logging.getLogger("bems.edge")
 
 LINGER_S = 0.05  # gather readings and acknowledgements for this long: one transaction, one fsync per batch
 DRAIN_S = 2.0  # on a clean stop, wait this long for the broker to acknowledge what is in flight
+MAX_PENDING = 100_000  # readings held in memory while the queue cannot be written
 
 
 def plan_devices(settings: EdgeSettings, fleet: Fleet) -> tuple[list[DeviceState], dict[str, list[DeviceState]]]:
@@ -75,6 +77,7 @@ class EdgeAgent:
         self.metrics: MetricsServer | None = None
         self._refused_here: list[tuple[int, str]] = []  # refused by the edge's own topic check, to set aside
         self._refusals_logged: set[str] = set()
+        self._queue_error: str | None = None
 
     # -- wiring -------------------------------------------------------------------------------------------------
     def sink(self, dev: DeviceState, ts: datetime, values: dict[str, float], quality: Quality) -> None:
@@ -105,8 +108,15 @@ class EdgeAgent:
         self._refused_here = []
         generation, cursor, room = self.publisher.position()
         # shielded: a stop must not cancel a cycle that holds readings taken out of ``pending``
-        res = await asyncio.shield(self._loop.run_in_executor(self.pool, self.outbox.cycle, pending, acked, refused,
-                                                              cursor, room))
+        try:
+            res = await asyncio.shield(self._loop.run_in_executor(self.pool, self.outbox.cycle, pending, acked,
+                                                                  refused, cursor, room))
+        except sqlite3.Error as exc:  # disk full, file damaged: keep polling, keep the readings, try again
+            self._queue_failed(exc, pending, acked, refused)
+            return 0
+        if self._queue_error is not None:
+            log.info("the reading queue %s works again", self.outbox.path)
+            self._queue_error = None
         self.publisher.last_seq = res.last_seq
         self.publisher.forget(acked)
         sent, self._refused_here = self.publisher.send(res.rows, generation)
@@ -128,6 +138,20 @@ class EdgeAgent:
         if self._refused_here:
             self._wake.set()
         return sent
+
+    def _queue_failed(self, exc: sqlite3.Error, pending: list[Callable[[int], tuple[str, bytes]]],
+                      acked: list[int], refused: list[tuple[int, str]]) -> None:
+        level = logging.DEBUG if self._queue_error == str(exc) else logging.ERROR
+        self._queue_error = str(exc)
+        self.pending = pending + self.pending
+        over = len(self.pending) - MAX_PENDING
+        if over > 0:  # memory is no place for an unbounded backlog: drop the oldest, counted
+            del self.pending[:over]
+            self.totals.dropped += over
+        self.publisher.requeue(acked, refused)
+        log.log(level, "cannot write the reading queue %s (%s); %d readings wait in memory, %d dropped so far",
+                self.outbox.path, exc, len(self.pending), self.totals.dropped)
+        self._loop.call_later(1.0, self._wake.set)  # type: ignore[union-attr]
 
     async def _status_loop(self) -> None:
         while True:

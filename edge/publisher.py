@@ -215,6 +215,11 @@ class Publisher:
         self._acked, self._refused, self._replayed = [], [], 0
         return out
 
+    def requeue(self, acked: list[int], refused: list[tuple[int, str]]) -> None:
+        """Give back what take_acks returned when the queue could not record it; the next cycle tries again."""
+        self._acked[:0] = acked
+        self._refused[:0] = refused
+
     def forget(self, seqs: list[int]) -> None:
         """The queue deleted these rows; no need to remember them as done any more."""
         self.done.difference_update(seqs)

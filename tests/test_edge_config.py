@@ -3,6 +3,7 @@ keeps its promises on its own: sequence numbers never go back, the disk cap drop
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import random
@@ -14,7 +15,9 @@ import pytest
 
 from bems.fleet import load_fleet
 from bems.registers import available_profiles, decode_block, load_profile, plan_reads
-from edge.__main__ import main
+from bems.wire import utcnow
+from edge.__main__ import main, setup
+from edge.agent import EdgeAgent
 from edge.decode import block_decoder
 from edge.outbox import Outbox
 from tests.edge_support import BUILDING
@@ -166,3 +169,34 @@ def test_fast_block_decoder_matches_the_profiles() -> None:
                 want, got = decode_block(block, regs), block_decoder(block)(regs)
                 assert want.keys() == got.keys()
                 assert all(want[k] == got[k] or (math.isnan(want[k]) and math.isnan(got[k])) for k in want)
+
+
+def test_readings_wait_in_memory_while_the_queue_cannot_be_written(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = write_fleet(tmp_path / "fleet.yaml", [BUILDING], [meter()], [EDGE])
+    agent = EdgeAgent(setup(["--config", str(fleet), "--edge-id", "edge-test", "--state-dir", str(tmp_path)]),
+                      load_fleet(fleet))
+    real, calls = agent.outbox.cycle, []
+
+    def disk_full_twice(*args):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) <= 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(*args)
+
+    monkeypatch.setattr(agent.outbox, "cycle", disk_full_twice)
+
+    async def poll_three_times() -> list[tuple[int, str, bytes]]:
+        agent._loop = asyncio.get_running_loop()
+        for i in range(3):
+            agent.sink(agent.devices[0], utcnow(), {"power_w": float(i)}, "good")
+            await agent._cycle()
+        return agent.outbox.fetch(0, 10)
+
+    try:
+        rows = asyncio.run(poll_three_times())
+    finally:
+        agent.pool.shutdown()
+        agent.outbox.close()
+    assert [json.loads(r[2])["values"]["power_w"] for r in rows] == [0.0, 1.0, 2.0], "none lost, in order"
+    assert [r[0] for r in rows] == list(range(rows[0][0], rows[0][0] + 3))
