@@ -151,7 +151,7 @@ def throughput(tmp: Path, broker: Mosquitto, meters: int, connections: int, seco
         for p in ports:
             wait_port(p, 30)
         use_uvloop()  # the same event loop as the edge's
-        raw_regs, raw_req = asyncio.run(raw_pymodbus(fleet, seconds))
+        before = asyncio.run(raw_pymodbus(fleet, seconds / 2))  # raw before and after the edge: the machine's load
         edge, mport = start_edge(tmp, fleet, broker, "edge-throughput", "--poll-period-s", "0.000001")
         try:
             time.sleep(3)  # warm up: connections open, first batches stored and acknowledged
@@ -162,15 +162,18 @@ def throughput(tmp: Path, broker: Mosquitto, meters: int, connections: int, seco
             cpu1 = psutil.Process(edge.proc.pid).cpu_times()
         finally:
             edge.stop()
+        after = asyncio.run(raw_pymodbus(fleet, seconds / 2))  # may change while we measure
     finally:
         sim.stop()
+    raw_regs, raw_req = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     dt = t1 - t0
     polls = (total(m1, "bems_edge_reads_total", 'result="ok"') - total(m0, "bems_edge_reads_total", 'result="ok"'))
     acked = m1["bems_edge_published_total"] - m0["bems_edge_published_total"]
     edge_regs = acked * per_reading / dt
     cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / dt * 100
     print(f"throughput: {meters} SDM630 meters on {connections} connections, {seconds:g} s each")
-    print(f"  raw pymodbus    {raw_regs:10,.0f} registers/s  ({raw_req:,.0f} requests/s)")
+    print(f"  raw pymodbus    {raw_regs:10,.0f} registers/s  ({raw_req:,.0f} requests/s; {before[0]:,.0f} before the "
+          f"edge's run, {after[0]:,.0f} after)")
     print(f"  through edge    {edge_regs:10,.0f} registers/s  ({polls / dt:,.0f} polls/s, {acked / dt:,.0f} readings/s "
           f"acknowledged by the broker, queue depth at the end {m1['bems_edge_queue_depth']:.0f}, "
           f"edge CPU {cpu:.0f}% of one core)")

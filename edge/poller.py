@@ -111,7 +111,7 @@ class BusPoller:
                 raise asyncio.CancelledError
             dev = min(self.devices, key=lambda d: d.next_due)
             delay = dev.next_due - loop.time()
-            if delay > 0:
+            if delay > 0.001:  # finer than a timer tick (uvloop: 1 ms) only costs a tick; poll now instead
                 await asyncio.sleep(delay)
             await self.poll(dev)
 
