@@ -35,6 +35,7 @@ from edge.settings import EdgeSettings
 log = logging.getLogger("bems.edge")
 
 LINGER_S = 0.05  # gather readings and acknowledgements for this long: one transaction, one fsync per batch
+LINGER_BACKLOG_S = 0.002  # the same while a backlog drains through a small broker window (mosquitto's default: 20)
 DRAIN_S = 2.0  # on a clean stop, wait this long for the broker to acknowledge what is in flight
 MAX_PENDING = 100_000  # readings held in memory while the queue cannot be written
 
@@ -78,6 +79,8 @@ class EdgeAgent:
         self._refused_here: list[tuple[int, str]] = []  # refused by the edge's own topic check, to set aside
         self._refusals_logged: set[str] = set()
         self._queue_error: str | None = None
+        self._backlog = False  # more readings queued than in flight: send as fast as the broker acknowledges
+        self._stored_at = 0.0
 
     # -- wiring -------------------------------------------------------------------------------------------------
     def sink(self, dev: DeviceState, ts: datetime, values: dict[str, float], quality: Quality) -> None:
@@ -96,13 +99,18 @@ class EdgeAgent:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(LINGER_S)
+            # with a backlog the broker's acknowledgements pace the sending: a short pause is enough to batch them
+            await asyncio.sleep(LINGER_BACKLOG_S if self._backlog else LINGER_S)
             await self._cycle()
 
     async def _cycle(self) -> int:
         """One pass: store new readings, delete acknowledged ones, send the next ones. Returns how many were sent."""
         assert self._loop is not None
-        pending, self.pending = self.pending, []
+        now = self._loop.time()
+        if not self._backlog or now - self._stored_at >= LINGER_S:  # a backlog's quick cycles only send and delete
+            pending, self.pending, self._stored_at = self.pending, [], now
+        else:
+            pending = []
         acked, refused, replayed = self.publisher.take_acks()
         refused += self._refused_here
         self._refused_here = []
@@ -137,6 +145,7 @@ class EdgeAgent:
             self._status_now.set()
         if self._refused_here:
             self._wake.set()
+        self._backlog = self.publisher.connected and res.depth > len(self.publisher.inflight)
         return sent
 
     def _queue_failed(self, exc: sqlite3.Error, pending: list[Callable[[int], tuple[str, bytes]]],

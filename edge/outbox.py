@@ -3,8 +3,9 @@ only when the broker acknowledged it.
 
 The row id is the reading's sequence number (AUTOINCREMENT: never reused, not even after the queue emptied), so
 the per-edge sequence survives restarts. A fresh queue starts its sequence at the clock in microseconds, so an
-edge whose state was lost still continues above what it sent before. ``synchronous=FULL``: an appended reading
-survives a crash or a power cut. The queue is used from one thread only (the agent's queue worker).
+edge whose state was lost still continues above what it sent before. A transaction that stores readings is synced
+to disk (``synchronous=FULL``): an appended reading survives a crash or a power cut; one that only deletes sent
+readings is not (a power cut may then cost a duplicate, never a loss). The queue is used from one thread only.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Outbox:
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
+            self._sync = "FULL"
             self.db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"state_dir: cannot open the reading queue {path} ({exc}); "
@@ -98,6 +100,11 @@ class Outbox:
                 log.exception("a reading could not be rendered; skipped")
                 res.invalid += 1
         if acked or refused or rows:
+            # new readings must be on disk before they are sent; a lost delete only means a reading is sent twice
+            sync = "FULL" if rows else "NORMAL"
+            if sync != self._sync:
+                self.db.execute(f"PRAGMA synchronous={sync}")
+                self._sync = sync
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 if acked:

@@ -180,6 +180,9 @@ class Publisher:
         self.generation += 1
         receive_max = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
         self.limit = min(self.window, receive_max) if receive_max else self.window
+        if self.limit < self.window:
+            log.info("broker allows %d unacknowledged publishes (MQTT 5 Receive Maximum); sending at most that many",
+                     self.limit)
         self.connected = self._had_session = True
         self.on_online()
         self._wake()

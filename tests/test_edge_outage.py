@@ -18,8 +18,8 @@ from tests.stages import ThreadedSimulator, wait_for
 TOPIC = "bems/v1/test-hq/+/reading"
 
 
-def restart(broker: Mosquitto) -> Mosquitto:
-    again = Mosquitto(broker.workdir, port=broker.port)
+def restart(broker: Mosquitto, extra: str = "") -> Mosquitto:
+    again = Mosquitto(broker.workdir, port=broker.port, extra=extra)
     again.start()
     return again
 
@@ -105,3 +105,32 @@ def test_edge_killed_with_readings_queued_loses_nothing(mosquitto: Mosquitto, tm
     by_seq = {r["seq"]: r for r in received}
     assert all(ts(by_seq[s]) < killed_at for s, _ in waiting), "replayed readings keep their original timestamps"
     assert [by_seq[s]["ts"] for s, _ in waiting] == [t for _, t in waiting]
+
+
+@pytest.mark.slow
+def test_backlog_drains_through_a_small_broker_window(tmp_path: Path) -> None:
+    """mosquitto's default lets a client have 20 publishes unacknowledged (MQTT 5 Receive Maximum): a backlog must
+    still drain much faster than readings come in."""
+    fleet, _ = meters_fleet(tmp_path / "fleet.yaml", 40, per_port=20, period=0.1, profile="adam6050")
+    window = "max_inflight_messages 20\n"
+    broker = Mosquitto(tmp_path / "mosquitto", extra=window)
+    broker.start()
+    with ThreadedSimulator(fleet):
+        edge = Edge(tmp_path, fleet, broker.url)
+        try:
+            edge.wait_metrics()
+            time.sleep(1)
+            broker.stop()
+            wait_for(lambda: edge.metrics()["bems_edge_queue_depth"] >= 1500, 20, "a backlog of 1,500 readings")
+            broker = restart(broker, window)
+            t0 = time.monotonic()
+            wait_for(lambda: edge.metrics()["bems_edge_queue_depth"] < 100, 20, "the backlog to drain")
+            drained = time.monotonic() - t0
+            m = edge.metrics()
+        finally:
+            edge.proc.stop()
+            broker.stop()
+    assert edge.proc.output().count("broker allows 20 unacknowledged publishes") == 2, "before and after"
+    print(f"backlog drained {drained:.1f} s after the broker came back (readings come at 400/s); "
+          f"{m['bems_edge_replayed_total']:.0f} replayed")
+    assert m["bems_edge_dropped_total"] == 0
