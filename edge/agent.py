@@ -79,7 +79,7 @@ class EdgeAgent:
         self._refused_here: list[tuple[int, str]] = []  # refused by the edge's own topic check, to set aside
         self._refusals_logged: set[str] = set()
         self._queue_error: str | None = None
-        self._backlog = False  # more readings queued than in flight: send as fast as the broker acknowledges
+        self._backlog = False  # readings stored and not yet sent: send as fast as the broker acknowledges
         self._stored_at = 0.0
 
     # -- wiring -------------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ class EdgeAgent:
             self._status_now.set()
         if self._refused_here:
             self._wake.set()
-        self._backlog = self.publisher.connected and res.depth > len(self.publisher.inflight)
+        self._backlog = self.publisher.connected and res.last_seq > self.publisher.cursor  # stored, not yet sent
         return sent
 
     def _queue_failed(self, exc: sqlite3.Error, pending: list[Callable[[int], tuple[str, bytes]]],
