@@ -41,21 +41,71 @@ class Building(_Strict):
         return tz
 
 
+Parity = Literal["N", "E", "O"]
+_RTU_KEYS = ("baudrate", "parity", "stopbits")
+
+
 class Device(_Strict):
-    """How the edge reaches a meter over Modbus TCP."""
+    """How the edge reaches a meter: Modbus TCP (``host``, ``port``) or Modbus RTU on a serial line (``serial_port``).
+
+    Devices that share a host:port (an RS-485 gateway) or a serial port (one bus) are polled one after another;
+    separate connections are polled concurrently. ``timeout_s``, ``retries`` and ``poll_period_s`` override the
+    edge's values for this device.
+    """
 
     host: str = "127.0.0.1"
     port: int = Field(502, ge=1, le=65535)
+    serial_port: str | None = Field(default=None, min_length=1, description="e.g. /dev/ttyUSB0 (Modbus RTU)")
+    baudrate: int = Field(9600, ge=300, le=921600)
+    parity: Parity = "N"
+    stopbits: Literal[1, 2] = 1
     device_id: int = Field(1, ge=0, le=247)
-    profile: str
+    profile: str = Field(description="a built-in profile name, or a profile file (.yaml) relative to the fleet file")
+    poll_period_s: float | None = Field(default=None, gt=0, le=3600)
+    timeout_s: float | None = Field(default=None, gt=0, le=60)
+    retries: int | None = Field(default=None, ge=0, le=10)
 
     @field_validator("profile")
     @classmethod
     def _known_profile(cls, name: str) -> str:
+        if is_profile_file(name):
+            try:
+                load_profile(name)
+            except ConfigError as exc:  # one line per problem of the profile file, under this key
+                raise ValueError(str(exc).replace(": invalid configuration\n  ", ": ").replace("\n  ", "; ")) from None
+            return name
         allowed = available_profiles()
         if name not in allowed:
-            raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(allowed)}")
+            raise ValueError(f"unknown profile {name!r}; allowed: {', '.join(allowed)} (or a profile file .yaml)")
         return name
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Device:
+        if self.serial_port is not None:
+            both = [k for k in ("host", "port") if k in self.model_fields_set]
+            if both:
+                raise ValueError(f"give either serial_port (Modbus RTU) or host/port (Modbus TCP), not both "
+                                 f"(remove {', '.join(both)})")
+            if self.device_id == 0:
+                raise ValueError("device_id 0 is the RTU broadcast address; use 1..247")
+        else:
+            stray = [k for k in _RTU_KEYS if k in self.model_fields_set]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} only apply to Modbus RTU; add serial_port or remove them")
+        return self
+
+    @property
+    def transport(self) -> Literal["tcp", "rtu"]:
+        return "rtu" if self.serial_port is not None else "tcp"
+
+    @property
+    def bus(self) -> str:
+        """Devices with the same bus share one connection and are polled one after another."""
+        return f"rtu:{self.serial_port}" if self.serial_port is not None else f"tcp:{self.host}:{self.port}"
+
+
+def is_profile_file(name: str) -> bool:
+    return name.endswith((".yaml", ".yml"))
 
 
 class Meter(_Strict):
@@ -82,6 +132,9 @@ class Edge(_Strict):
     id: str = Field(pattern=SLUG)
     building: str = Field(pattern=SLUG)
     poll_period_s: float = Field(5.0, gt=0, le=3600)
+    timeout_s: float = Field(2.0, gt=0, le=60, description="per request; a device may override it")
+    retries: int = Field(1, ge=0, le=10, description="extra tries of a failed request within one poll")
+    backoff_max_s: float = Field(60.0, gt=0, le=3600, description="cap of the wait before retrying a dead device")
 
 
 class Fleet(_Strict):
@@ -112,6 +165,20 @@ class Fleet(_Strict):
                 if edges[m.edge].building != m.building:
                     raise ValueError(f"meter {m.id!r}: edge {m.edge!r} serves building {edges[m.edge].building!r}, "
                                      f"not {m.building!r}")
+        buses: dict[tuple[str, str], Meter] = {}
+        addresses: dict[tuple[str, str, int], str] = {}
+        for m in self.meters:
+            d, box = m.device, m.edge or m.building  # buses are local to the edge box that polls them
+            first = buses.setdefault((box, d.bus), m)
+            if d.serial_port is not None and (first.device.baudrate, first.device.parity, first.device.stopbits) != (
+                    d.baudrate, d.parity, d.stopbits):
+                raise ValueError(f"meter {m.id!r}: serial line {d.serial_port} is {first.device.baudrate} baud "
+                                 f"parity {first.device.parity} stop bits {first.device.stopbits} for meter "
+                                 f"{first.id!r}; every device on one bus must use the same settings")
+            other = addresses.setdefault((box, d.bus, d.device_id), m.id)
+            if other != m.id:
+                raise ValueError(f"meter {m.id!r}: device id {d.device_id} on {d.bus.split(':', 1)[1]} is already "
+                                 f"used by meter {other!r}")
         return self
 
     @cached_property
@@ -141,5 +208,13 @@ class Fleet(_Strict):
 
 
 def load_fleet(path: str | Path) -> Fleet:
+    """Load and validate a fleet file; profile files named in it are taken relative to the fleet file."""
     path = Path(path)
-    return parse_model(Fleet, load_yaml(path), str(path))
+    data = load_yaml(path)
+    meters = data.get("meters") if isinstance(data, dict) else None
+    for meter in meters if isinstance(meters, list) else []:
+        device = meter.get("device") if isinstance(meter, dict) else None
+        profile = device.get("profile") if isinstance(device, dict) else None
+        if isinstance(profile, str) and is_profile_file(profile) and not Path(profile).is_absolute():
+            device["profile"] = str((path.parent / profile).resolve())
+    return parse_model(Fleet, data, str(path))

@@ -15,10 +15,16 @@ log = logging.getLogger("bems.mqtt")
 
 
 def make_client(broker: BrokerSettings, client_id: str, *, clean_session: bool = True,
-                manual_ack: bool = False, will: tuple[str, bytes] | None = None) -> mqtt.Client:
-    """A configured, not yet connected client (MQTT 3.1.1)."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
-                         protocol=mqtt.MQTTv311, manual_ack=manual_ack)
+                manual_ack: bool = False, will: tuple[str, bytes] | None = None,
+                protocol: int = mqtt.MQTTv311) -> mqtt.Client:
+    """A configured, not yet connected client (MQTT 3.1.1 unless ``protocol=mqtt.MQTTv5``).
+
+    With MQTT 5 a broker's refusal of a publish (e.g. 0x87 not authorized) comes back in the PUBACK; 3.1.1 brokers
+    drop it silently. MQTT 5 has no clean session flag here: pass ``clean_start`` to ``connect`` instead.
+    """
+    v5 = protocol == mqtt.MQTTv5
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         clean_session=None if v5 else clean_session, protocol=protocol, manual_ack=manual_ack)
     if broker.username:
         client.username_pw_set(broker.username,
                                broker.password.get_secret_value() if broker.password else None)

@@ -121,9 +121,11 @@ def available_profiles() -> list[str]:
 
 @cache
 def load_profile(name: str) -> DeviceProfile:
-    path = PROFILE_DIR / f"{name}.yaml"
+    """A built-in profile by name, or a site's own profile file by its path (ending in .yaml)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILE_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown device profile {name!r}; allowed: {', '.join(available_profiles())}")
+        raise ConfigError(f"unknown device profile {name!r}; allowed: {', '.join(available_profiles())} "
+                          "or an existing profile file (.yaml)")
     return load_profile_file(path)
 
 
