@@ -62,7 +62,7 @@ CALENDAR = OfficeCalendar.model_validate({"timezone": "Asia/Tehran", "versions":
 FLEET = Fleet.model_validate({
     "buildings": [{"id": B, "name": "KPI HQ", "city": "Tehran", "floor_area_m2": 1000, "contracted_kw": 100}],
     "meters": [{"id": ELEC, "building": B, "commodity": "electricity", "device": {"profile": "sdm630"}},
-               {"id": GAS, "building": B, "commodity": "gas", "device": {"profile": "adam6050"}}]})
+               {"id": GAS, "building": B, "commodity": "gas", "device": {"device_id": 2, "profile": "adam6050"}}]})
 
 
 def local_midnight(day: dt.date) -> dt.datetime:
