@@ -1,54 +1,78 @@
-"""InfluxDB backend: line protocol to the 1.x ``/write`` endpoint, InfluxQL ``/query`` for reads.
+"""InfluxDB backends: line protocol in, InfluxQL ``/query`` out (1.x answers it natively, 2.x through its DBRP
+mapping, 3.x natively).
 
-Points are keyed by measurement + tags (meter) + time, so writing the same reading twice overwrites it:
-writes are idempotent by design. InfluxDB cannot tell us which points already existed, so duplicates are
-not counted here (the collector counts them from sequence numbers).
+- ``influx://host:port/db`` (:class:`InfluxV1Store`): writes to the 1.x ``/write`` endpoint.
+- ``influx2://host:port/bucket?org=ORG`` (:class:`InfluxV2Store`): writes through ``influxdb-client``'s v2 write
+  API (InfluxDB 2.x, 3.x, Cloud); the token comes from the caller or ``INFLUXDB_V2_TOKEN``, never from the URL.
+
+Points are keyed by measurement + tags (meter) + time, so writing the same reading twice overwrites it: writes
+are idempotent by design. InfluxDB cannot tell which points already existed, so ``WriteResult.duplicates`` is 0
+here; the collector counts duplicates with its bounded cache of recently written keys.
+
+Failures are sorted for the caller: unreachable, 429 and 5xx raise StoreUnavailable (with the server's
+Retry-After), any other 4xx raises StoreRejected with the server's message.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
-from collections.abc import Sequence
-from urllib.parse import urlsplit
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import numpy as np
 
-from bems.errors import StoreError
+from bems.errors import ConfigError, StoreError
 from bems.store.base import (
     QUALITY_CODE,
     QUALITY_NAME,
     Agg,
+    Drops,
     Latest,
     Matrix,
+    Points,
     Store,
+    StoreRejected,
+    StoreUnavailable,
     WriteResult,
     bucket_axis,
     empty_matrix,
     from_ms,
+    retry_after_seconds,
     to_ms,
 )
+from bems.store.counters import flag_names
 from bems.wire import Reading
 
 MEASUREMENT = "reading"
+COUNTER_MEASUREMENT = "counter"
+LONG_RP = "bems_long"  # 1.x: where the counter registry and the hourly aggregates live
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _INFLUX_AGG = {"mean": "mean", "min": "min", "max": "max", "sum": "sum", "count": "count",
                "first": "first", "last": "last"}
-
-
-def _tag(value: str) -> str:
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
+_NOT_VALUES = ("seq", "edge", "building", "meter", "quality", "flags")
 
 
 def _string_field(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def line_protocol(r: Reading) -> str:
-    fields = ",".join(f"{k}={v!r}" for k, v in r.values.items())
-    return (f"{MEASUREMENT},meter={_tag(r.meter)},building={_tag(r.building)} {fields},"
-            f"seq={r.seq}i,quality={QUALITY_CODE[r.quality]}i,edge={_string_field(r.edge)} {to_ms(r.ts)}")
+def line_protocol(r: Reading, flags: int = 0) -> str:
+    """One reading as one line; meter, building and edge ids are slugs (the wire model enforces it), so the
+    tags need no escaping and the edge string field only quoting."""
+    fields = ",".join([f"{k}={v!r}" for k, v in r.values.items()])
+    return (f"{MEASUREMENT},meter={r.meter},building={r.building} {fields},seq={r.seq}i,"
+            f"quality={QUALITY_CODE[r.quality]}i,flags={flags}i,edge={_string_field(r.edge)} {to_ms(r.ts)}")
+
+
+def lines_body(readings: Sequence[Reading], flags: Sequence[int] | None = None) -> bytes:
+    if flags is None:
+        return "\n".join([line_protocol(r) for r in readings]).encode()
+    return "\n".join([line_protocol(r, f) for r, f in zip(readings, flags, strict=True)]).encode()
 
 
 def _regex_of(names: Sequence[str]) -> str:
@@ -58,39 +82,35 @@ def _regex_of(names: Sequence[str]) -> str:
     return "/^(" + "|".join(re.escape(n).replace("/", r"\/") for n in names) + ")$/"
 
 
-class InfluxV1Store(Store):
-    """``influx://host:port/database`` (or ``influx+https://``); credentials from the URL or arguments."""
+def _safe_field(field: str) -> str:
+    if not _SAFE.match(field):
+        raise ValueError(f"unsafe field name {field!r}")
+    return field
 
-    def __init__(self, url: str, *, username: str | None = None, password: str | None = None,
-                 timeout: float = 10.0, client: httpx.Client | None = None) -> None:
-        parts = urlsplit(url)
-        scheme = "https" if parts.scheme.endswith("+https") else "http"
-        self.database = parts.path.strip("/") or "bems"
-        if not _SAFE.match(self.database):
-            raise StoreError(f"InfluxDB database name {self.database!r} in {url!r} is not a plain identifier",
-                             retryable=False)
-        self.base = f"{scheme}://{parts.hostname}:{parts.port or 8086}"
-        auth = (username or parts.username, password or parts.password)
-        self._http = client or httpx.Client(base_url=self.base, timeout=timeout,
-                                            auth=auth if auth[0] else None)
-        self._ensure_database()
 
-    def __repr__(self) -> str:  # never show credentials
-        return f"InfluxV1Store({self.base!r}, database={self.database!r})"
+def _http_failure(what: str, status: int, message: str, retry_after: str | None) -> StoreError:
+    if status == 429 or status >= 500 or status == 0:
+        return StoreUnavailable(f"{what} answered {status}: {message[:300]}",
+                                retry_after=retry_after_seconds(retry_after))
+    return StoreRejected(f"{what} answered {status}: {message[:500]}")
 
-    def _post(self, path: str, **kw) -> httpx.Response:  # type: ignore[no-untyped-def]
+
+class _InfluxQLStore(Store):
+    """Reads (InfluxQL over HTTP) shared by the 1.x and 2.x backends; subclasses say how to write."""
+
+    database: str
+    base: str
+    _http: httpx.Client
+
+    def _post(self, path: str, **kw: Any) -> httpx.Response:
         try:
             resp = self._http.post(path, **kw)
         except httpx.HTTPError as exc:
-            raise StoreError(f"InfluxDB at {self.base} unreachable: {exc}; is influxd running?") from exc
+            raise StoreUnavailable(f"InfluxDB at {self.base} unreachable: {exc}; is it running?") from exc
         if resp.status_code >= 300:
-            retryable = resp.status_code >= 500 or resp.status_code == 429
-            raise StoreError(f"InfluxDB {path} answered {resp.status_code}: {resp.text.strip()[:300]}",
-                             retryable=retryable)
+            raise _http_failure(f"InfluxDB {path}", resp.status_code, resp.text.strip(),
+                                resp.headers.get("Retry-After"))
         return resp
-
-    def _ensure_database(self) -> None:
-        self._post("/query", data={"q": f'CREATE DATABASE "{self.database}"'})
 
     def query(self, q: str) -> list[dict]:
         resp = self._post("/query", data={"q": q, "db": self.database, "epoch": "ms"})
@@ -100,19 +120,11 @@ class InfluxV1Store(Store):
                 raise StoreError(f"InfluxQL error: {res['error']}", retryable=False)
         return [s for res in results for s in res.get("series", [])]
 
-    def write(self, readings: Sequence[Reading]) -> WriteResult:
-        if not readings:
-            return WriteResult(0, 0)
-        body = "\n".join(line_protocol(r) for r in readings).encode()
-        self._post("/write", params={"db": self.database, "precision": "ms"}, content=body)
-        return WriteResult(written=len(readings), duplicates=0)
-
     def read_matrix(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime,
                     bucket: dt.timedelta, agg: Agg = "mean") -> Matrix:
         if agg not in _INFLUX_AGG:
             raise ValueError(f"unknown aggregate {agg!r}; allowed: {', '.join(_INFLUX_AGG)}")
-        if not _SAFE.match(field):
-            raise ValueError(f"unsafe field name {field!r}")
+        _safe_field(field)
         s, bms, n = bucket_axis(start, end, bucket)
         out = empty_matrix(meters, field, s, bms, n)
         if not meters:
@@ -140,10 +152,11 @@ class InfluxV1Store(Store):
             meter = series["tags"]["meter"]
             row = dict(zip(series["columns"], series["values"][0], strict=True))
             ts = from_ms(int(row.pop("time")))
-            quality = QUALITY_NAME.get(int(row.pop("quality", 0) or 0), "good")
+            quality = QUALITY_NAME.get(int(row.get("quality") or 0), "good")
             values = {k: float(v) for k, v in row.items()
-                      if k not in ("seq", "edge", "building", "meter") and isinstance(v, int | float)}
-            out[meter] = Latest(meter=meter, ts=ts, values=values, quality=quality)
+                      if k not in _NOT_VALUES and v is not None and isinstance(v, int | float)}
+            out[meter] = Latest(meter=meter, ts=ts, values=values, quality=quality,
+                                flags=flag_names(int(row.get("flags") or 0)))
         return out
 
     def count(self, meter: str | None = None) -> int:
@@ -155,5 +168,173 @@ class InfluxV1Store(Store):
         series = self.query(f"SELECT seq FROM {MEASUREMENT} WHERE meter =~ {_regex_of([meter])}")
         return [int(v[1]) for s in series for v in s["values"]]
 
+    def points(self, meter: str, field: str, start: dt.datetime, end: dt.datetime) -> Points:
+        _safe_field(field)
+        series = self.query(f'SELECT "{field}", quality, flags, seq FROM {MEASUREMENT} '
+                            f"WHERE meter =~ {_regex_of([meter])} AND time >= {to_ms(start)}ms "
+                            f"AND time < {to_ms(end)}ms")
+        rows = [v for s in series for v in s["values"] if v[1] is not None]
+        return Points(times=np.array([r[0] for r in rows], dtype=np.int64).astype("datetime64[ms]"),
+                      values=np.array([r[1] for r in rows], dtype=np.float64),
+                      quality=np.array([r[2] or 0 for r in rows], dtype=np.int8),
+                      flags=np.array([r[3] or 0 for r in rows], dtype=np.int64),
+                      seq=np.array([r[4] or 0 for r in rows], dtype=np.int64))
+
+    def counter_drops(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime) -> Drops:
+        """``difference()`` in a subquery finds the drops server side; a second query fetches their values."""
+        _safe_field(field)
+        if not meters:
+            return Drops.from_rows([])
+        where = f"meter =~ {_regex_of(meters)} AND time >= {to_ms(start)}ms AND time < {to_ms(end)}ms"
+        found = self.query(f'SELECT d FROM (SELECT difference("{field}") AS d FROM {MEASUREMENT} WHERE {where} '
+                           "GROUP BY meter) WHERE d < 0 GROUP BY meter")
+        diffs = {(s["tags"]["meter"], int(t)): float(d) for s in found for t, d in s["values"]}
+        if not diffs:
+            return Drops.from_rows([])
+        index = {m: i for i, m in enumerate(meters)}
+        rows: list[tuple[int, int, float, float]] = []
+        keys = sorted(diffs)
+        for i in range(0, len(keys), 100):  # InfluxQL has no OR over times: one statement per drop, 100 a request
+            statements = ";".join(f'SELECT "{field}" FROM {MEASUREMENT} WHERE meter = \'{m}\' AND time = {t}ms '
+                                  "GROUP BY meter" for m, t in keys[i:i + 100])
+            for s in self.query(statements):
+                meter = s["tags"]["meter"]
+                for t, v in s["values"]:
+                    d = diffs.get((meter, int(t)))
+                    if d is not None and v is not None:
+                        rows.append((index[meter], int(t), float(v) - d, float(v)))
+        return Drops.from_rows(rows)
+
+    def _counter_source(self) -> str:
+        return COUNTER_MEASUREMENT
+
+    def register_counters(self, wraps: Mapping[tuple[str, str], float | None]) -> None:
+        now = int(time.time() * 1000)
+        lines = [f"{COUNTER_MEASUREMENT},meter={m},register={f} wrap={float(w)!r} {now}"
+                 for (m, f), w in wraps.items() if w is not None and _SAFE.match(m) and _SAFE.match(f)]
+        if lines:
+            self._write_body("\n".join(lines).encode(), rp=self._counter_rp())
+
+    def _counter_rp(self) -> str | None:
+        return None
+
+    def counter_wraps(self, meters: Sequence[str], field: str) -> np.ndarray:
+        out = np.full(len(meters), np.nan)
+        if not meters:
+            return out
+        _safe_field(field)
+        index = {m: i for i, m in enumerate(meters)}
+        for s in self.query(f"SELECT last(wrap) FROM {self._counter_source()} WHERE register = '{field}' "
+                            f"AND meter =~ {_regex_of(meters)} GROUP BY meter"):
+            row = index.get(s["tags"]["meter"])
+            if row is not None and s["values"] and s["values"][0][1] is not None:
+                out[row] = float(s["values"][0][1])
+        return out
+
+    def write(self, readings: Sequence[Reading], flags: Sequence[int] | None = None) -> WriteResult:
+        if not readings:
+            return WriteResult(0, 0)
+        self._write_body(lines_body(readings, flags))
+        return WriteResult(written=len(readings), duplicates=0)
+
+    def write_lines(self, body: bytes) -> None:
+        """Write line protocol as is (benchmarks compare this with :meth:`write`)."""
+        self._write_body(body)
+
+    def _write_body(self, body: bytes, rp: str | None = None) -> None:
+        raise NotImplementedError
+
     def close(self) -> None:
         self._http.close()
+
+
+class InfluxV1Store(_InfluxQLStore):
+    """``influx://host:port/database`` (or ``influx+https://``); credentials from the URL or arguments."""
+
+    def __init__(self, url: str, *, username: str | None = None, password: str | None = None,
+                 timeout: float = 10.0, client: httpx.Client | None = None) -> None:
+        parts = urlsplit(url)
+        scheme = "https" if parts.scheme.endswith("+https") else "http"
+        self.database = parts.path.strip("/") or "bems"
+        if not _SAFE.match(self.database):
+            raise StoreError(f"InfluxDB database name {self.database!r} in {url!r} is not a plain identifier",
+                             retryable=False)
+        self.base = f"{scheme}://{parts.hostname}:{parts.port or 8086}"
+        auth = (username or parts.username, password or parts.password)
+        self._http = client or httpx.Client(base_url=self.base, timeout=timeout,
+                                            auth=auth if auth[0] else None)
+        self._ensure_database()
+
+    def __repr__(self) -> str:  # never show credentials
+        return f"InfluxV1Store({self.base!r}, database={self.database!r})"
+
+    def _ensure_database(self) -> None:
+        self._post("/query", data={"q": f'CREATE DATABASE "{self.database}"'})
+        self._post("/query", data={"q": f'CREATE RETENTION POLICY "{LONG_RP}" ON "{self.database}" '
+                                        "DURATION INF REPLICATION 1"})
+
+    def _counter_rp(self) -> str | None:
+        return LONG_RP
+
+    def _counter_source(self) -> str:
+        return f'"{LONG_RP}".{COUNTER_MEASUREMENT}'
+
+    def _write_body(self, body: bytes, rp: str | None = None) -> None:
+        params = {"db": self.database, "precision": "ms"}
+        if rp:
+            params["rp"] = rp
+        self._post("/write", params=params, content=body)
+
+
+class InfluxV2Store(_InfluxQLStore):
+    """``influx2://host:port/bucket?org=ORG`` (or ``influx2+https://``): InfluxDB 2.x, 3.x and Cloud.
+
+    Writes go through ``influxdb-client``'s synchronous write API (the collector does its own batching and
+    retries); reads use InfluxQL ``/query?db=<bucket>``, which needs a DBRP mapping on 2.x
+    (``influx v1 dbrp create --db <bucket> --rp autogen --bucket-id <id> --default``).
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, timeout: float = 10.0) -> None:
+        try:
+            from influxdb_client import InfluxDBClient
+            from influxdb_client.client.write_api import SYNCHRONOUS
+        except ImportError as exc:  # pragma: no cover - the dependency is optional
+            raise ConfigError("store URL influx2://... needs influxdb-client: pip install 'bems[influx]'") from exc
+        parts = urlsplit(url)
+        scheme = "https" if parts.scheme.endswith("+https") else "http"
+        self.database = self.bucket = parts.path.strip("/")
+        if not self.bucket or not _SAFE.match(self.bucket):
+            raise ConfigError(f"store URL {url!r}: give the bucket as the path, e.g. influx2://host:8086/bems?org=moi")
+        org = parse_qs(parts.query).get("org", [os.environ.get("INFLUXDB_V2_ORG", "")])[0]
+        if not org:
+            raise ConfigError(f"store URL {url!r}: name the organisation, e.g. ?org=moi (or set INFLUXDB_V2_ORG)")
+        self.org = org
+        token = token or os.environ.get("INFLUXDB_V2_TOKEN")
+        if not token:
+            raise ConfigError("InfluxDB 2.x needs an API token: set BEMS_COLLECTOR_INFLUX_TOKEN (collector) or "
+                              "INFLUXDB_V2_TOKEN")
+        self.base = f"{scheme}://{parts.hostname}:{parts.port or 8086}"
+        self._client = InfluxDBClient(url=self.base, token=token, org=org, timeout=int(timeout * 1000))
+        self._writer = self._client.write_api(write_options=SYNCHRONOUS)
+        self._http = httpx.Client(base_url=self.base, timeout=timeout, headers={"Authorization": f"Token {token}"})
+
+    def __repr__(self) -> str:  # never show the token
+        return f"InfluxV2Store({self.base!r}, org={self.org!r}, bucket={self.bucket!r})"
+
+    def _write_body(self, body: bytes, rp: str | None = None) -> None:
+        from influxdb_client.client.exceptions import InfluxDBError
+        from influxdb_client.domain.write_precision import WritePrecision
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        try:
+            self._writer.write(bucket=self.bucket, org=self.org, record=body, write_precision=WritePrecision.MS)
+        except InfluxDBError as exc:
+            status = getattr(exc, "status", None) or (exc.response.status if exc.response is not None else 0)
+            raise _http_failure("InfluxDB /api/v2/write", int(status or 0), str(exc.message),
+                                exc.retry_after) from exc
+        except (Urllib3Error, OSError) as exc:
+            raise StoreUnavailable(f"InfluxDB at {self.base} unreachable: {exc}; is it running?") from exc
+
+    def close(self) -> None:
+        super().close()
+        self._client.close()
