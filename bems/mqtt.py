@@ -15,10 +15,13 @@ log = logging.getLogger("bems.mqtt")
 
 
 def make_client(broker: BrokerSettings, client_id: str, *, clean_session: bool = True,
-                manual_ack: bool = False, will: tuple[str, bytes] | None = None) -> mqtt.Client:
-    """A configured, not yet connected client (MQTT 3.1.1)."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session,
-                         protocol=mqtt.MQTTv311, manual_ack=manual_ack)
+                manual_ack: bool = False, will: tuple[str, bytes] | None = None,
+                protocol: int = mqtt.MQTTv311) -> mqtt.Client:
+    """A configured, not yet connected client (MQTT 3.1.1; with MQTT 5 the session is set at connect time:
+    ``clean_start`` and the session expiry are connect arguments, so ``clean_session`` is ignored)."""
+    session = {"clean_session": clean_session} if protocol != mqtt.MQTTv5 else {}
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                         manual_ack=manual_ack, **session)
     if broker.username:
         client.username_pw_set(broker.username,
                                broker.password.get_secret_value() if broker.password else None)

@@ -104,11 +104,15 @@ class Reading(BaseModel):
 
 
 def decode_reading(payload: bytes, topic: str | None = None) -> Reading:
-    """Parse and validate a payload; every failure is a PayloadError whose message is the reason."""
+    """Parse and validate a payload; every failure is a PayloadError whose message is the reason.
+
+    Strict: JSON types must be the schema's (``"seq": "7"`` or ``true`` for a value are refused, not coerced),
+    as an edge built on this model never sends them.
+    """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        reading = Reading.model_validate_json(payload)
+        reading = Reading.model_validate_json(payload, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "payload"

@@ -16,6 +16,7 @@ Retry-After), any other 4xx raises StoreRejected with the server's message.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import time
@@ -47,6 +48,8 @@ from bems.store.base import (
 )
 from bems.store.counters import flag_names
 from bems.wire import Reading
+
+log = logging.getLogger("bems.store")
 
 MEASUREMENT = "reading"
 COUNTER_MEASUREMENT = "counter"
@@ -263,7 +266,11 @@ class InfluxV1Store(_InfluxQLStore):
         auth = (username or parts.username, password or parts.password)
         self._http = client or httpx.Client(base_url=self.base, timeout=timeout,
                                             auth=auth if auth[0] else None)
-        self._ensure_database()
+        self._ensured = False
+        try:
+            self._ensure_database()
+        except StoreUnavailable as exc:  # a collector starts anyway and buffers until the database is back
+            log.warning("%s; creating database %r at the first write", exc, self.database)
 
     def __repr__(self) -> str:  # never show credentials
         return f"InfluxV1Store({self.base!r}, database={self.database!r})"
@@ -272,6 +279,7 @@ class InfluxV1Store(_InfluxQLStore):
         self._post("/query", data={"q": f'CREATE DATABASE "{self.database}"'})
         self._post("/query", data={"q": f'CREATE RETENTION POLICY "{LONG_RP}" ON "{self.database}" '
                                         "DURATION INF REPLICATION 1"})
+        self._ensured = True
 
     def _counter_rp(self) -> str | None:
         return LONG_RP
@@ -280,6 +288,8 @@ class InfluxV1Store(_InfluxQLStore):
         return f'"{LONG_RP}".{COUNTER_MEASUREMENT}'
 
     def _write_body(self, body: bytes, rp: str | None = None) -> None:
+        if not self._ensured:
+            self._ensure_database()
         params = {"db": self.database, "precision": "ms"}
         if rp:
             params["rp"] = rp
