@@ -52,6 +52,13 @@ def _users(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deadletter(args: argparse.Namespace) -> int:
+    from collector.deadletter import render
+
+    print(render(args.action, args.path, reason=args.reason, limit=args.limit, entry_id=args.id))
+    return 0
+
+
 def _stage(module: str):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -85,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--role", choices=["admin", "facility_manager", "utility"])
     u.add_argument("--scope", help="comma-separated building ids (facility_manager) or commodities (utility)")
     u.set_defaults(func=_users)
+
+    dl = sub.add_parser("deadletter", help="count, list and show messages the collector refused")
+    dl.add_argument("action", choices=["list", "count", "show"])
+    dl.add_argument("id", nargs="?", type=int, help="entry id (for show)")
+    dl.add_argument("--path", default="bems-data/deadletter.db",
+                    help="the dead-letter store (deadletter.db in the collector's data directory)")
+    dl.add_argument("--reason", help="only this reason (json, schema, implausible, ...)")
+    dl.add_argument("--limit", type=int, default=20, help="rows to list, newest first")
+    dl.set_defaults(func=_deadletter)
 
     for name, help_text in (("edge", "run an edge agent"), ("collector", "run the collector"),
                             ("analytics", "run the detectors"), ("api", "run the API and dashboard"),

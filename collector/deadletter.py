@@ -130,3 +130,41 @@ class DeadLetters:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _payload_text(entry: Entry) -> str:
+    try:
+        text = entry.payload.decode("utf-8")
+        if text.isprintable() or all(c.isprintable() or c in "\n\r\t" for c in text):
+            return text
+    except UnicodeDecodeError:
+        pass
+    return entry.payload[:1024].hex(" ") + (" ..." if len(entry.payload) > 1024 else "")
+
+
+def render(action: str, path: str | Path, *, reason: str | None = None, limit: int = 20,
+           entry_id: int | None = None) -> str:
+    """Text for ``bems deadletter list|count|show``."""
+    store = DeadLetters(path, create=False)
+    try:
+        if action == "count":
+            if reason:
+                return str(store.count(reason))
+            counts = store.counts()
+            return "\n".join([f"total\t{sum(counts.values())}", *(f"{k}\t{v}" for k, v in counts.items())])
+        if action == "list":
+            rows = [f"{e.id}\t{e.received_at}\t{e.reason}\t{e.topic[:120]}\t{e.detail[:160]}"
+                    for e in store.list(reason, limit)]
+            return "\n".join(["id\treceived_at\treason\ttopic\tdetail", *rows]) if rows else "no dead letters"
+        if entry_id is None:
+            raise DeadLetterError("deadletter show needs the entry id, e.g. `bems deadletter show 42`")
+        entry = store.get(entry_id)
+        if entry is None:
+            raise DeadLetterError(f"no dead letter with id {entry_id} in {path}; `bems deadletter list` shows ids")
+        kept = "" if entry.size <= len(entry.payload) else f" (first {len(entry.payload)} kept)"
+        return "\n".join([f"id: {entry.id}", f"received_at: {entry.received_at}", f"collector: {entry.collector}",
+                          f"topic: {entry.topic}", f"reason: {entry.reason}", f"detail: {entry.detail}",
+                          f"size: {entry.size} bytes{kept}", f"sha256: {entry.sha256}", "payload:",
+                          _payload_text(entry)])
+    finally:
+        store.close()

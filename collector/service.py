@@ -114,7 +114,7 @@ class Collector:
                                   properties=self._connect_properties())
         self.client.loop_start()
         log.info("collector %s subscribes to %s and writes to %r (disk buffer: %s)", self.settings.client_id,
-                 self.subscription, self.store, self.spool.path if self.spool else "off")
+                 self.subscription, self.store, self.spool.path if self.spool is not None else "off")
 
     def stop(self) -> None:
         self._stop.set()
@@ -133,6 +133,8 @@ class Collector:
             self.store.register_counters(self.tracker.registry())
             self._counters_registered = True
         except StoreError as exc:
+            if exc.retryable:  # the readings' writes wait too, as long as the server asked
+                self.writer.backoff.failed(getattr(exc, "retry_after", None))
             log.warning("cannot record the counter registry yet (%s); will retry", exc)
 
     def _take_batch(self) -> list[Incoming]:

@@ -89,10 +89,10 @@ def test_consumption_across_rollover_and_meter_swap(store: Store) -> None:
     # water: +0.5 m3 per 15 min from 3 m3 below the wrap, so the counter wraps in the second hour;
     # electricity: +2 kWh per 15 min, the meter is replaced after 1h30 and the new one counts from zero
     step = dt.timedelta(minutes=15)
-    water = [(PULSE_WRAP - 3.0 + 0.5 * i) % PULSE_WRAP for i in range(17)]
+    water = [((2**32 - 300 + 50 * i) % 2**32) / 100 for i in range(17)]
     elec = [182733.5 + 2 * i if i <= 6 else 2.0 * (i - 6) for i in range(17)]
     store.register_counters({("b1.water", "volume_m3"): PULSE_WRAP, ("b1.elec", "energy_kwh"): None})
-    store.write([reading("b1.water", T0 + i * step, i, volume_m3=round(v, 2)) for i, v in enumerate(water)]
+    store.write([reading("b1.water", T0 + i * step, i, volume_m3=v) for i, v in enumerate(water)]
                 + [reading("b1.elec", T0 + i * step, 100 + i, energy_kwh=v) for i, v in enumerate(elec)])
     c = store.read_consumption(["b1.water", "b1.elec"], "volume_m3", T0 + H, T0 + 4 * H, H)
     np.testing.assert_allclose(c.values[0], [2.0, 2.0, 2.0], atol=1e-6)
