@@ -28,7 +28,10 @@ class CounterTracker:
             counters = {s.field: register_wrap(s) for s in m.profile.registers if s.cumulative}
             if counters:
                 self.wraps[m.id] = counters
-        self._last: dict[tuple[str, str], tuple[int, float]] = {}
+        self._fields = {m: tuple(c) for m, c in self.wraps.items()}
+        self._wrap = {m: [np.nan if w is None else w for w in c.values()] for m, c in self.wraps.items()}
+        # per meter: [time of the last reading, last value of each cumulative field (None: not seen)]
+        self._last: dict[str, list] = {}
         self._seed = seed
         self._seeded: set[str] = set()
 
@@ -46,38 +49,44 @@ class CounterTracker:
         except StoreError:
             return  # the store is down: the first reading of these meters goes unflagged
         for meter, last in latest.items():
-            for f in self.wraps.get(meter, {}):
-                if f in last.values:
-                    self._last[(meter, f)] = (to_ms(last.ts), last.values[f])
+            if meter in self._fields and meter not in self._last:
+                self._last[meter] = [to_ms(last.ts), *(last.values.get(f) for f in self._fields[meter])]
 
-    def flags(self, readings: Sequence[Reading]) -> list[int]:
-        """Flag bits per reading; readings older than the last one seen of their meter are not judged."""
-        self._load(r.meter for r in readings if r.meter in self.wraps)
-        at: list[int] = []
-        prev: list[float] = []
-        cur: list[float] = []
-        wrap: list[float] = []
-        for i, r in enumerate(readings):
-            counters = self.wraps.get(r.meter)
-            if not counters:
+    def flags(self, readings: Sequence[Reading], ts_ms: Sequence[int] | None = None) -> list[int]:
+        """Flag bits per reading; readings older than the last one seen of their meter are not judged.
+
+        Only drops are classified (with numpy, for the whole batch); a rising counter costs a comparison.
+        """
+        fields_of, last_of = self._fields, self._last
+        unseen = {r.meter for r in readings if r.meter in fields_of and r.meter not in last_of}
+        if unseen:
+            self._load(unseen)
+        ts_ms = ts_ms if ts_ms is not None else [to_ms(r.ts) for r in readings]
+        drops: list[tuple[int, float, float, float]] = []
+        for i, (r, ts) in enumerate(zip(readings, ts_ms, strict=True)):
+            fields = fields_of.get(r.meter)
+            if fields is None:
                 continue
-            ts = to_ms(r.ts)
-            for f, w in counters.items():
-                v = r.values.get(f)
+            state = last_of.get(r.meter)
+            if state is None:
+                last_of[r.meter] = [ts, *(r.values.get(f) for f in fields)]
+                continue
+            if ts <= state[0]:
+                continue
+            state[0] = ts
+            values = r.values
+            for j, f in enumerate(fields, 1):
+                v = values.get(f)
                 if v is None:
                     continue
-                key = (r.meter, f)
-                last = self._last.get(key)
-                if last is not None and ts <= last[0]:
-                    continue
-                if last is not None:
-                    at.append(i)
-                    prev.append(last[1])
-                    cur.append(v)
-                    wrap.append(np.nan if w is None else w)
-                self._last[key] = (ts, v)
-        out = np.zeros(len(readings), dtype=np.int64)
-        if at:
-            _, bits = classify_drops(np.array(prev), np.array(cur), np.array(wrap))
-            np.bitwise_or.at(out, np.array(at, dtype=np.intp), bits)
-        return out.tolist()
+                prev = state[j]
+                if prev is not None and v < prev:
+                    drops.append((i, prev, v, self._wrap[r.meter][j - 1]))
+                state[j] = v
+        out = [0] * len(readings)
+        if drops:
+            arr = np.array(drops, dtype=np.float64)
+            _, bits = classify_drops(arr[:, 1], arr[:, 2], arr[:, 3])
+            for (i, *_rest), b in zip(drops, bits.tolist(), strict=True):
+                out[i] |= b
+        return out

@@ -18,6 +18,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -28,6 +29,7 @@ from bems.errors import StoreError
 from bems.fleet import Fleet, load_fleet
 from bems.mqtt import ConnectionWatch, make_client
 from bems.store import Store, open_store
+from bems.store.base import to_ms
 from bems.wire import READING_SUBSCRIPTION, Reading
 from collector.deadletter import DeadLetterError, DeadLetters, Letter
 from collector.metrics import Metrics
@@ -41,8 +43,7 @@ log = logging.getLogger("bems.collector")
 STOP_GRACE_S = 5.0  # on SIGTERM, keep writing what already arrived for this long
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
+class Incoming(NamedTuple):  # made in paho's network thread for every message: a tuple is cheapest
     mid: int
     qos: int
     topic: str
@@ -55,6 +56,7 @@ class Batch:
     items: list[Incoming]
     readings: list[Reading]
     flags: list[int]
+    ts_ms: list[int]
 
 
 class Collector:
@@ -85,6 +87,7 @@ class Collector:
         self._next_registration = 0.0
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="collector-writer", daemon=True)
+        self._maintainer = threading.Thread(target=self._maintenance_loop, name="collector-maintenance", daemon=True)
 
     @property
     def subscription(self) -> str:
@@ -109,6 +112,8 @@ class Collector:
     def start(self) -> None:
         self._register_counters()
         self._writer.start()
+        if self.settings.raw_retention_days:
+            self._maintainer.start()
         self.client.connect_async(self.settings.broker.host, self.settings.broker.port,
                                   keepalive=self.settings.broker.keepalive_s, clean_start=False,
                                   properties=self._connect_properties())
@@ -119,6 +124,8 @@ class Collector:
     def stop(self) -> None:
         self._stop.set()
         self._writer.join(timeout=STOP_GRACE_S + 10)
+        if self._maintainer.is_alive():
+            self._maintainer.join(timeout=30)
         self.client.disconnect()
         self.client.loop_stop()
         if self.spool is not None:
@@ -138,14 +145,22 @@ class Collector:
             log.warning("cannot record the counter registry yet (%s); will retry", exc)
 
     def _take_batch(self) -> list[Incoming]:
+        """Up to batch_size messages, waiting at most batch_interval_s for them."""
         batch: list[Incoming] = []
+        size = self.settings.batch_size
         deadline = time.monotonic() + self.settings.batch_interval_s
-        while len(batch) < self.settings.batch_size:
+        get, get_nowait = self.inbox.get, self.inbox.get_nowait
+        while len(batch) < size:
+            try:
+                batch.append(get_nowait())
+                continue
+            except queue.Empty:
+                pass
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 break
             try:
-                batch.append(self.inbox.get(timeout=timeout))
+                batch.append(get(timeout=timeout))
             except queue.Empty:
                 break
         return batch
@@ -156,10 +171,11 @@ class Collector:
         readings: list[Reading] = []
         letters: list[Letter] = []
         refused: list[Incoming] = []
-        now = dt.datetime.now(dt.UTC)
+        window = self.validator.time_window()
+        check = self.validator.check
         for item in items:
             try:
-                readings.append(self.validator.check(item.topic, item.payload, now))
+                readings.append(check(item.topic, item.payload, window=window))
                 good.append(item)
             except Rejected as exc:
                 letters.append(Letter(item.topic, item.payload, exc.kind, str(exc)))
@@ -173,11 +189,12 @@ class Collector:
             else:
                 self.metrics.deadlettered.inc(len(letters))
                 self._ack(refused)
-        flags = self.tracker.flags(readings)
+        ts_ms = [to_ms(r.ts) for r in readings]
+        flags = self.tracker.flags(readings, ts_ms)
         for i, bits in enumerate(flags):
             if bits & DOUBTFUL and readings[i].quality == "good":
                 readings[i] = readings[i].model_copy(update={"quality": "uncertain"})
-        return Batch(good, readings, flags)
+        return Batch(good, readings, flags, ts_ms)
 
     def _log_rejection(self, topic: str, exc: Rejected) -> None:
         self.metrics.rejected.labels(exc.kind).inc()
@@ -200,7 +217,7 @@ class Collector:
                 items = self._take_batch()
                 held = self._triage(items) if items else None
             if held is not None:
-                if self.writer.submit(held.readings, held.flags):
+                if self.writer.submit(held.readings, held.flags, held.ts_ms):
                     self._ack(held.items)
                     held = None
                 elif stop_by is not None:
@@ -212,6 +229,21 @@ class Collector:
             self.writer.drain()
             if not self._counters_registered and self.writer.backoff.ready:
                 self._register_counters()  # at most every 30 s until it succeeds
+
+    def _maintenance_loop(self) -> None:
+        """Raw readings older than the retention are rolled up and deleted (SQLite), or the InfluxDB retention
+        policy and continuous query are kept in place; first at start, then every maintenance interval."""
+        keep = dt.timedelta(days=self.settings.raw_retention_days or 0)
+        while True:
+            try:
+                deleted = self.store.enforce_retention(keep)
+                if deleted:
+                    log.info("retention: %d raw readings older than %s rolled up and deleted", deleted, keep)
+            except StoreError as exc:
+                log.warning("retention task failed (%s); next try in %.0f s", exc,
+                            self.settings.maintenance_interval_s)
+            if self._stop.wait(self.settings.maintenance_interval_s):
+                return
 
     def _ack(self, items: list[Incoming]) -> None:
         session = self._session

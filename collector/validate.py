@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from bems.errors import PayloadError
 from bems.fleet import Fleet
-from bems.wire import Reading, decode_reading, parse_reading_topic
+from bems.wire import Reading, decode_reading, parse_reading_topic, reading_topic
 from collector.plausibility import Range, meter_ranges
 
 KINDS = {
@@ -51,13 +51,40 @@ class Validator:
         self.tolerance = dt.timedelta(seconds=future_tolerance_s)
         self.max_age = dt.timedelta(seconds=max_age_s) if max_age_s else None
         self.ranges: dict[str, dict[str, Range]] = {m.id: meter_ranges(m, power_limit_factor) for m in fleet.meters}
+        self._bounds = {m: {f: (r.low, r.high) for f, r in rs.items()} for m, rs in self.ranges.items()}
+        self._topic = {m.id: reading_topic(m.building, m.id) for m in fleet.meters}
 
-    def check(self, topic: str, payload: bytes, now: dt.datetime | None = None) -> Reading:
+    def time_window(self, now: dt.datetime | None = None) -> tuple[dt.datetime, dt.datetime]:
+        """The timestamps accepted at ``now``; a batch computes it once."""
+        now = now or dt.datetime.now(dt.UTC)
+        oldest = max(EARLIEST, now - self.max_age) if self.max_age is not None else EARLIEST
+        return oldest, now + self.tolerance
+
+    def check(self, topic: str, payload: bytes, now: dt.datetime | None = None,
+              window: tuple[dt.datetime, dt.datetime] | None = None) -> Reading:
         """Return the reading or raise Rejected whose message is the reason kept in the dead-letter store."""
         try:
             reading = decode_reading(payload)
         except PayloadError as exc:
             raise Rejected(_decode_kind(exc), str(exc)) from exc
+        if self._topic.get(reading.meter) != topic:
+            self._explain_topic(topic, reading)
+        oldest, newest = window or self.time_window(now)
+        if not oldest <= reading.ts <= newest:
+            self._explain_time(reading, oldest, newest)
+        bounds = self._bounds[reading.meter]
+        for name, value in reading.values.items():
+            b = bounds.get(name)
+            if b is None:
+                raise Rejected("field", f"meter {reading.meter!r} does not measure {name!r}; its profile reads "
+                                        f"{', '.join(bounds)} (wrong profile in the fleet file?)")
+            if not b[0] <= value <= b[1]:
+                why = self.ranges[reading.meter][name].why
+                raise Rejected("implausible", f"{reading.meter} {name}={value:g} {why}")
+        return reading
+
+    def _explain_topic(self, topic: str, reading: Reading) -> None:
+        """The topic is not the fleet's topic of this meter: say why."""
         try:
             building, meter = parse_reading_topic(topic)
         except PayloadError as exc:
@@ -66,26 +93,15 @@ class Validator:
             raise Rejected("topic", f"topic {topic[:200]!r} does not match payload meter {reading.meter!r}")
         if reading.building not in self.fleet.building_by_id:
             raise Rejected("unknown_building", f"unknown building {reading.building!r}: add it to the fleet file")
-        ranges = self.ranges.get(reading.meter)
-        if ranges is None:
-            raise Rejected("unknown_meter", f"unknown meter {reading.meter!r}: add it to the fleet file")
-        self._check_time(reading, now or dt.datetime.now(dt.UTC))
-        for name, value in reading.values.items():
-            rng = ranges.get(name)
-            if rng is None:
-                raise Rejected("field", f"meter {reading.meter!r} does not measure {name!r}; its profile reads "
-                                        f"{', '.join(ranges)} (wrong profile in the fleet file?)")
-            if not rng.check(value):
-                raise Rejected("implausible", f"{reading.meter} {name}={value:g} {rng.why}")
-        return reading
+        raise Rejected("unknown_meter", f"unknown meter {reading.meter!r}: add it to the fleet file")
 
-    def _check_time(self, reading: Reading, now: dt.datetime) -> None:
-        if reading.ts > now + self.tolerance:
+    def _explain_time(self, reading: Reading, oldest: dt.datetime, newest: dt.datetime) -> None:
+        if reading.ts > newest:
             raise Rejected("future", f"timestamp {reading.ts.isoformat()} is more than "
                                      f"{self.tolerance.total_seconds():.0f} s in the future (edge clock drift?)")
         if reading.ts < EARLIEST:
             raise Rejected("too_old", f"timestamp {reading.ts.isoformat()} is before {EARLIEST:%Y}: "
                                       "the edge's clock is not set (enable NTP on the edge)")
-        if self.max_age is not None and reading.ts < now - self.max_age:
-            raise Rejected("too_old", f"timestamp {reading.ts.isoformat()} is older than the raw retention of "
-                                      f"{self.max_age.total_seconds() / 86400:g} days")
+        raise Rejected("too_old", f"timestamp {reading.ts.isoformat()} is older than the raw retention of "
+                                  f"{self.max_age.total_seconds() / 86400 if self.max_age else 0:g} days "
+                                  f"(oldest accepted {oldest.isoformat()})")

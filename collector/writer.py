@@ -45,15 +45,16 @@ class RecentKeys:
     def __len__(self) -> int:
         return len(self._set)
 
-    def split(self, readings: Sequence[Reading], flags: Sequence[int]
+    def split(self, readings: Sequence[Reading], flags: Sequence[int], ts_ms: Sequence[int] | None = None
               ) -> tuple[list[Reading], list[int], list[Key], int]:
         """(fresh readings, their flags, their keys, number of duplicates), duplicates within the batch too."""
         fresh: list[Reading] = []
         fresh_flags: list[int] = []
         keys: list[Key] = []
         seen: set[Key] = set()
-        for r, f in zip(readings, flags, strict=True):
-            key = (sys.intern(r.meter), to_ms(r.ts))
+        ts_ms = ts_ms if ts_ms is not None else [to_ms(r.ts) for r in readings]
+        for r, f, ts in zip(readings, flags, ts_ms, strict=True):
+            key = (sys.intern(r.meter), ts)
             if key in self._set or key in seen:
                 continue
             seen.add(key)
@@ -116,9 +117,9 @@ class BatchWriter:
         self._outage_spooled = 0
         metrics.spool_depth.set(len(spool) if spool else 0)
 
-    def submit(self, readings: Sequence[Reading], flags: Sequence[int]) -> bool:
+    def submit(self, readings: Sequence[Reading], flags: Sequence[int], ts_ms: Sequence[int] | None = None) -> bool:
         """Make the batch durable; False means nothing was done and the caller must keep it and retry later."""
-        fresh, fresh_flags, keys, dups = self.recent.split(readings, flags)
+        fresh, fresh_flags, keys, dups = self.recent.split(readings, flags, ts_ms)
         self.metrics.duplicates.inc(dups)
         if not fresh:
             return True

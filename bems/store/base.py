@@ -19,12 +19,14 @@ AGGS: tuple[Agg, ...] = ("mean", "min", "max", "sum", "first", "last", "count")
 QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
 QUALITY_NAME = {v: k for k, v in QUALITY_CODE.items()}
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+ROLLUP_MS = 30 * 60 * 1000  # rollup period: whole UTC hours and Tehran's :30 hours are both made of it
+_MS = dt.timedelta(milliseconds=1)
 
 
 def to_ms(t: dt.datetime) -> int:
     if t.tzinfo is None:
         raise ValueError("naive datetime: store times are UTC and must carry tzinfo")
-    return (t - EPOCH) // dt.timedelta(milliseconds=1)
+    return (t - EPOCH) // _MS
 
 
 def from_ms(ms: int) -> dt.datetime:
@@ -171,6 +173,17 @@ class Store(ABC):
         """Wrap value per meter for ``field`` as recorded by :meth:`register_counters`; NaN where unknown."""
         return np.full(len(meters), np.nan)
 
+    def rollup_corrections(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime,
+                           bucket: dt.timedelta) -> np.ndarray:
+        """Counter corrections per bucket recorded when raw readings were rolled up, for the buckets that
+        read_matrix takes from the rollups; NaN for the buckets read from raw readings."""
+        _, _, n = bucket_axis(start, end, bucket)
+        return np.full((len(meters), n), np.nan)
+
+    def enforce_retention(self, raw: dt.timedelta, now: dt.datetime | None = None) -> int:
+        """Keep raw readings for ``raw``, aggregates for good; the number of raw rows deleted (if known)."""
+        return 0
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -179,13 +192,17 @@ class Store(ABC):
         """Consumption per bucket from a cumulative register: the rise of its last value from bucket to bucket,
         corrected where the register dropped (rollover, meter replaced, glitch; see bems.store.counters).
 
-        The bucket before ``start`` is read too, so the first bucket has a delta. A bucket with no reading, and
-        the bucket after it, give NaN rather than a made-up number.
+        The bucket before ``start`` is read too, so the first bucket has a delta. A bucket with no reading, the
+        bucket after it, and a drop the store cannot classify (its raw readings are gone) give NaN rather than
+        a made-up number.
         """
         s, bms, _ = bucket_axis(start, end, bucket)
         lo = from_ms(s - bms)
         last = self.read_matrix(meters, field, lo, end, bucket, "last")
         values = np.diff(last.values, axis=1)
+        rolled = self.rollup_corrections(meters, field, lo, end, bucket)[:, 1:]
+        covered = ~np.isnan(rolled)  # buckets whose raw readings are (or may be) gone
+        values[covered] += rolled[covered]
         drops = self.counter_drops(meters, field, lo, end)
         if drops.rows.size:
             wraps = self.counter_wraps(meters, field)
@@ -193,7 +210,9 @@ class Store(ABC):
             correction = delta - (drops.cur - drops.prev)
             col = (drops.ts_ms - (s - bms)) // bms - 1  # a drop in bucket j corrects the step into bucket j
             ok = (col >= 0) & (col < values.shape[1])
+            ok[ok] = ~covered[drops.rows[ok], col[ok]]
             np.add.at(values, (drops.rows[ok], col[ok]), correction[ok])
+        values[values < 0] = np.nan  # a drop the store could not explain: unknown, not negative
         return Matrix(meters=last.meters, times=last.times[1:], values=values, field=field, bucket=bucket)
 
     def __enter__(self) -> Store:
@@ -201,6 +220,28 @@ class Store(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def merge_rollup(out: Matrix, rolled: Matrix, start_ms: int, bucket_ms: int, horizon_ms: int) -> None:
+    """Take the buckets wholly before ``horizon_ms`` (where raw readings are gone) from the rollups."""
+    k = min(out.values.shape[1], (horizon_ms - start_ms) // bucket_ms)
+    if k <= 0:
+        return
+    have = ~np.isnan(rolled.values[:, :k])
+    out.values[:, :k][have] = rolled.values[:, :k][have]
+
+
+def covered_buckets(start_ms: int, bucket_ms: int, n: int, horizon_ms: int | None) -> int:
+    """How many leading buckets read_matrix takes from the rollups (0 when it cannot)."""
+    if not rollup_usable(start_ms, bucket_ms, horizon_ms):
+        return 0
+    assert horizon_ms is not None
+    return max(0, min(n, (horizon_ms - start_ms) // bucket_ms))
+
+
+def rollup_usable(start_ms: int, bucket_ms: int, horizon_ms: int | None) -> bool:
+    return (horizon_ms is not None and start_ms + bucket_ms <= horizon_ms and bucket_ms % ROLLUP_MS == 0
+            and start_ms % ROLLUP_MS == 0)
 
 
 def empty_matrix(meters: Sequence[str], field: str, start_ms: int, bucket_ms: int, n: int) -> Matrix:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import re
 import time
@@ -41,19 +42,30 @@ from bems.store.base import (
     StoreUnavailable,
     WriteResult,
     bucket_axis,
+    covered_buckets,
     empty_matrix,
     from_ms,
+    merge_rollup,
     retry_after_seconds,
+    rollup_usable,
     to_ms,
 )
-from bems.store.counters import flag_names
+from bems.store.counters import classify_drops, flag_names
 from bems.wire import Reading
 
 log = logging.getLogger("bems.store")
 
 MEASUREMENT = "reading"
 COUNTER_MEASUREMENT = "counter"
-LONG_RP = "bems_long"  # 1.x: where the counter registry and the hourly aggregates live
+LONG_RP = "bems_long"  # 1.x: where the counter registry and the 30-minute aggregates live
+ROLLUP_MEASUREMENT = "reading_30m"
+ROLLUP_CQ = "bems_rollup"
+CORRECTION_MEASUREMENT = "counter_corr"
+META_MEASUREMENT = "bems_meta"
+_ROLLUP_AGG = {"mean": 'sum("sum_{f}") / sum("count_{f}")', "min": 'min("min_{f}")', "max": 'max("max_{f}")',
+               "sum": 'sum("sum_{f}")', "count": 'sum("count_{f}")', "first": 'first("first_{f}")',
+               "last": 'last("last_{f}")'}
+_DURATION = re.compile(r"(\d+)([hms])")
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _INFLUX_AGG = {"mean": "mean", "min": "min", "max": "max", "sum": "sum", "count": "count",
                "first": "first", "last": "last"}
@@ -89,6 +101,12 @@ def _safe_field(field: str) -> str:
     if not _SAFE.match(field):
         raise ValueError(f"unsafe field name {field!r}")
     return field
+
+
+def _duration_ms(text: str) -> int:
+    """InfluxDB's ``168h0m0s`` in ms (0 means infinite)."""
+    unit = {"h": 3_600_000, "m": 60_000, "s": 1000}
+    return sum(int(n) * unit[u] for n, u in _DURATION.findall(text))
 
 
 def _http_failure(what: str, status: int, message: str, retry_after: str | None) -> StoreError:
@@ -134,8 +152,23 @@ class _InfluxQLStore(Store):
             return out
         q = (f'SELECT {_INFLUX_AGG[agg]}("{field}") FROM {MEASUREMENT} WHERE meter =~ {_regex_of(meters)} '
              f"AND time >= {s}ms AND time < {to_ms(end)}ms GROUP BY time({bms}ms, {s % bms}ms), meter fill(none)")
+        self._fill(out, self.query(q), meters, s, bms)
+        horizon = self._raw_horizon()
+        if rollup_usable(s, bms, horizon):
+            assert horizon is not None
+            rolled = empty_matrix(meters, field, s, bms, n)
+            expr = _ROLLUP_AGG[agg].format(f=field)
+            q = (f"SELECT {expr} FROM {self._rollup_source()} WHERE meter =~ {_regex_of(meters)} AND time >= {s}ms "
+                 f"AND time < {min(to_ms(end), horizon)}ms GROUP BY time({bms}ms, {s % bms}ms), meter fill(none)")
+            self._fill(rolled, self.query(q), meters, s, bms)
+            merge_rollup(out, rolled, s, bms, horizon)
+        return out
+
+    @staticmethod
+    def _fill(out: Matrix, found: list[dict], meters: Sequence[str], s: int, bms: int) -> None:
         index = {m: i for i, m in enumerate(meters)}
-        for series in self.query(q):
+        n = out.values.shape[1]
+        for series in found:
             row = index.get(series.get("tags", {}).get("meter", ""))
             if row is None or not series.get("values"):
                 continue
@@ -143,7 +176,13 @@ class _InfluxQLStore(Store):
             cols = ((arr[:, 0].astype(np.int64) - s) // bms).astype(np.intp)
             ok = (cols >= 0) & (cols < n)
             out.values[row, cols[ok]] = arr[ok, 1]
-        return out
+
+    def _rollup_source(self, measurement: str = ROLLUP_MEASUREMENT) -> str:
+        return measurement
+
+    def _raw_horizon(self) -> int | None:
+        """Before this time (ms) raw points may be gone (InfluxDB drops whole shards), so rollups are read."""
+        return None
 
     def latest(self, meters: Sequence[str]) -> dict[str, Latest]:
         if not meters:
@@ -213,8 +252,8 @@ class _InfluxQLStore(Store):
 
     def register_counters(self, wraps: Mapping[tuple[str, str], float | None]) -> None:
         now = int(time.time() * 1000)
-        lines = [f"{COUNTER_MEASUREMENT},meter={m},register={f} wrap={float(w)!r} {now}"
-                 for (m, f), w in wraps.items() if w is not None and _SAFE.match(m) and _SAFE.match(f)]
+        lines = [f"{COUNTER_MEASUREMENT},meter={m},register={f} wrap={float(w or 0.0)!r} {now}"  # 0: never wraps
+                 for (m, f), w in wraps.items() if _SAFE.match(m) and _SAFE.match(f)]
         if lines:
             self._write_body("\n".join(lines).encode(), rp=self._counter_rp())
 
@@ -230,8 +269,31 @@ class _InfluxQLStore(Store):
         for s in self.query(f"SELECT last(wrap) FROM {self._counter_source()} WHERE register = '{field}' "
                             f"AND meter =~ {_regex_of(meters)} GROUP BY meter"):
             row = index.get(s["tags"]["meter"])
-            if row is not None and s["values"] and s["values"][0][1] is not None:
+            if row is not None and s["values"] and s["values"][0][1]:
                 out[row] = float(s["values"][0][1])
+        return out
+
+    def counter_registry(self) -> dict[str, list[str]]:
+        """Cumulative field -> the meters that have it, as recorded by register_counters."""
+        out: dict[str, list[str]] = {}
+        for s in self.query(f"SELECT last(wrap) FROM {self._counter_source()} GROUP BY meter, register"):
+            out.setdefault(s["tags"]["register"], []).append(s["tags"]["meter"])
+        return out
+
+    def rollup_corrections(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime,
+                           bucket: dt.timedelta) -> np.ndarray:
+        s, bms, n = bucket_axis(start, end, bucket)
+        out = np.full((len(meters), n), np.nan)
+        k = covered_buckets(s, bms, n, self._raw_horizon())
+        if not k or not meters:
+            return out
+        _safe_field(field)
+        found = empty_matrix(meters, field, s, bms, n)
+        self._fill(found, self.query(
+            f"SELECT sum(corr) FROM {self._rollup_source(CORRECTION_MEASUREMENT)} WHERE register = '{field}' AND "
+            f"meter =~ {_regex_of(meters)} AND time >= {s}ms AND time < {s + k * bms}ms "
+            f"GROUP BY time({bms}ms, {s % bms}ms), meter fill(none)"), meters, s, bms)
+        out[:, :k] = np.nan_to_num(found.values[:, :k])
         return out
 
     def write(self, readings: Sequence[Reading], flags: Sequence[int] | None = None) -> WriteResult:
@@ -267,6 +329,8 @@ class InfluxV1Store(_InfluxQLStore):
         self._http = client or httpx.Client(base_url=self.base, timeout=timeout,
                                             auth=auth if auth[0] else None)
         self._ensured = False
+        self._horizon_checked = -1e9
+        self._horizon_span: int | None = None
         try:
             self._ensure_database()
         except StoreUnavailable as exc:  # a collector starts anyway and buffers until the database is back
@@ -286,6 +350,87 @@ class InfluxV1Store(_InfluxQLStore):
 
     def _counter_source(self) -> str:
         return f'"{LONG_RP}".{COUNTER_MEASUREMENT}'
+
+    def _rollup_source(self, measurement: str = ROLLUP_MEASUREMENT) -> str:
+        return f'"{LONG_RP}".{measurement}'
+
+    def _default_rp(self) -> tuple[str, int, int]:
+        """(name, duration ms, shard group duration ms) of the database's default retention policy."""
+        for s in self.query("SHOW RETENTION POLICIES"):
+            for row in s.get("values", []):
+                rec = dict(zip(s["columns"], row, strict=True))
+                if rec.get("default"):
+                    return rec["name"], _duration_ms(rec["duration"]), _duration_ms(rec["shardGroupDuration"])
+        return "autogen", 0, 0
+
+    def _raw_horizon(self) -> int | None:
+        now = time.monotonic()
+        if now >= self._horizon_checked + 60:
+            _, duration, shard = self._default_rp()
+            self._horizon_span = duration - shard if duration else None
+            self._horizon_checked = now
+        return None if self._horizon_span is None else int(time.time() * 1000) - self._horizon_span
+
+    def enforce_retention(self, raw: dt.timedelta, now: dt.datetime | None = None) -> int:
+        """The default retention policy keeps ``raw`` (whole hours, at least 1); a continuous query folds raw
+        points into 30-minute aggregates in ``bems_long`` (kept forever), late points included for 2 h.
+
+        The first time, what is already stored is rolled up too. InfluxDB itself deletes expired shards.
+        """
+        hours = max(1, math.ceil(raw.total_seconds() / 3600))
+        shard = "1h" if hours <= 48 else ("1d" if hours <= 24 * 180 else "7d")
+        name, duration, _ = self._default_rp()
+        if duration != hours * 3_600_000:
+            self.query(f'ALTER RETENTION POLICY "{name}" ON "{self.database}" DURATION {hours}h '
+                       f"SHARD DURATION {shard} DEFAULT")
+            log.info("InfluxDB %s: raw readings kept %d h (retention policy %s)", self.database, hours, name)
+        existing = {row[0] for s in self.query("SHOW CONTINUOUS QUERIES") if s.get("name") == self.database
+                    for row in s.get("values", [])}
+        if ROLLUP_CQ not in existing:
+            self.query(f'CREATE CONTINUOUS QUERY "{ROLLUP_CQ}" ON "{self.database}" RESAMPLE EVERY 30m FOR 2h '
+                       f"BEGIN {self._rollup_select()} GROUP BY time(30m), meter END")
+            self.rollup(dt.datetime(2000, 1, 1, tzinfo=dt.UTC), now or dt.datetime.now(dt.UTC))
+        self._horizon_checked = -1e9
+        self._record_corrections(to_ms(now or dt.datetime.now(dt.UTC)) - 3_600_000)
+        return 0
+
+    def _record_corrections(self, until_ms: int) -> None:
+        """What counter drops add to consumption, kept beside the rollups: InfluxQL cannot classify a drop, and
+        once the raw points expire the drops are gone. Incremental from the last mark to ``until_ms``."""
+        marks = self.query(f"SELECT last(corr_until) FROM {self._rollup_source(META_MEASUREMENT)}")
+        since = int(marks[0]["values"][0][1]) if marks else 0
+        if since >= until_ms:
+            return
+        lines: list[str] = []
+        overlap = 6 * 3_600_000  # difference() needs the point before; look back a little
+        for field, meters in self.counter_registry().items():
+            drops = self.counter_drops(meters, field, from_ms(max(0, since - overlap)), from_ms(until_ms))
+            keep = drops.ts_ms >= since
+            if not keep.any():
+                continue
+            wraps = self.counter_wraps(meters, field)[drops.rows[keep]]
+            delta, _ = classify_drops(drops.prev[keep], drops.cur[keep], wraps)
+            corr = delta - (drops.cur[keep] - drops.prev[keep])
+            lines += [f"{CORRECTION_MEASUREMENT},meter={meters[r]},register={field} corr={float(c)!r} {t}"
+                      for r, t, c in zip(drops.rows[keep], drops.ts_ms[keep], corr, strict=True)]
+        lines.append(f"{META_MEASUREMENT} corr_until={until_ms}i 0")
+        self._write_body("\n".join(lines).encode(), rp=LONG_RP)
+
+    def _rollup_select(self) -> str:
+        return (f'SELECT count(*), sum(*), min(*), max(*), first(*), last(*) INTO "{self.database}"."{LONG_RP}".'
+                f'"{ROLLUP_MEASUREMENT}" FROM "{self.database}".."{MEASUREMENT}"')
+
+    def rollup(self, start: dt.datetime, end: dt.datetime) -> None:
+        """Fold [start, end) into the 30-minute aggregates now (after a backfill the query did not see)."""
+        first = self.query(f"SELECT first(seq) FROM {MEASUREMENT} WHERE time >= {to_ms(start)}ms")
+        if not first:
+            return
+        lo = max(to_ms(start), int(first[0]["values"][0][0]))
+        lo -= lo % (30 * 60_000)
+        week = 7 * 24 * 3_600_000
+        for t in range(lo, to_ms(end), week):
+            self.query(f"{self._rollup_select()} WHERE time >= {t}ms AND time < {min(t + week, to_ms(end))}ms "
+                       "GROUP BY time(30m), meter")
 
     def _write_body(self, body: bytes, rp: str | None = None) -> None:
         if not self._ensured:
@@ -330,6 +475,14 @@ class InfluxV2Store(_InfluxQLStore):
 
     def __repr__(self) -> str:  # never show the token
         return f"InfluxV2Store({self.base!r}, org={self.org!r}, bucket={self.bucket!r})"
+
+    def enforce_retention(self, raw: dt.timedelta, now: dt.datetime | None = None) -> int:
+        """On 2.x/3.x retention belongs to the bucket and downsampling to a task (docs/collector.md): say so once."""
+        if not getattr(self, "_retention_noted", False):
+            log.info("InfluxDB 2.x/3.x: raw retention is bucket %r's own setting and the 30-minute rollup a task; "
+                     "see docs/collector.md", self.bucket)
+            self._retention_noted = True
+        return 0
 
     def _write_body(self, body: bytes, rp: str | None = None) -> None:
         from influxdb_client.client.exceptions import InfluxDBError
