@@ -147,6 +147,7 @@ def collector_drain(broker: Mosquitto, fleet_path: Path, store_url: str, data_di
             time.sleep(0.005)
         rate = collector.metrics.value("bems_collector_stored_total") / (time.perf_counter() - t0)
         collector.stop()
+        v5_client("bench-collector", broker.port, clean=True).disconnect()  # end the session: it queues no more
         return rate, store.count()
 
 

@@ -106,8 +106,7 @@ class Collector:
         client.subscribe(self.subscription, qos=1)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self.metrics.received.inc()
-        self.inbox.put(Incoming(msg.mid, msg.qos, msg.topic, msg.payload, self._session))
+        self.inbox.put(Incoming(msg.mid, msg.qos, msg.topic, msg.payload, self._session))  # counted by the writer
 
     def start(self) -> None:
         self._register_counters()
@@ -167,6 +166,7 @@ class Collector:
 
     def _triage(self, items: list[Incoming]) -> Batch:
         """Validate: refused messages are dead-lettered and acknowledged here; the rest become readings."""
+        self.metrics.received.inc(len(items))
         good: list[Incoming] = []
         readings: list[Reading] = []
         letters: list[Letter] = []

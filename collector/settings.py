@@ -38,8 +38,8 @@ class CollectorSettings(StageSettings):
     dedupe_window: int = Field(100_000, ge=0, description="recent (meter, time) keys kept to count duplicates")
     retry_max_s: float = Field(30.0, gt=0, description="longest wait between store retries")
     deadletter_max_rows: int = Field(1_000_000, ge=1000, description="oldest dead letters are pruned beyond this")
-    raw_retention_days: float | None = Field(None, gt=0, description="delete raw readings older than this "
-                                                                      "(hourly aggregates are kept)")
+    raw_retention_days: float | None = Field(400, gt=0, description="raw readings older than this are rolled up "
+                                                                     "into 30-minute aggregates (kept) and deleted")
     maintenance_interval_s: float = Field(600.0, gt=0, description="period of rollups and retention")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics here")
 
