@@ -3,12 +3,13 @@
 1. Broker -> store: N readings wait in the broker for a persistent session (QoS 1); then the collector connects
    and drains them into a SQLite store (validation, flags, dedupe, batched writes, acks after the write), against
    a bare paho subscriber (MQTT 5, same receive maximum, QoS 1, auto-ack) that only counts the same N messages.
+   The two alternate for several rounds and the median ratio is the figure (the machine is shared).
 2. Into InfluxDB 1.x: points/s through ``InfluxV1Store.write`` (Reading objects -> line protocol -> /write) in
    batches, against a raw loop POSTing the same points as prebuilt line protocol in the same batches.
 
 Prints figures, ratios, peak RSS and one ``goal`` line per goal; exits 0 whether or not a goal is met.
 
-    python bench/collector.py [--readings 60000] [--points 300000] [--meters 200]
+    python bench/collector.py [--readings 30000] [--mqtt-rounds 5] [--points 300000] [--rounds 3] [--meters 200]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
+import psutil
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -127,8 +129,9 @@ def bare_drain(port: int, messages: list[tuple[str, bytes]]) -> float:
 
 
 def collector_drain(broker: Mosquitto, fleet_path: Path, store_url: str, data_dir: Path,
-                    messages: list[tuple[str, bytes]]) -> tuple[float, float]:
-    """Readings/s the collector drains from its queued session into the store; and the stored count."""
+                    messages: list[tuple[str, bytes]]) -> tuple[float, float, float]:
+    """Readings/s the collector drains from its queued session into the store, the stored count, and how much
+    the process's resident memory grew while it did (MB)."""
     settings = CollectorSettings(fleet=fleet_path, broker={"url": broker.url}, client_id="bench-collector",
                                  store=store_url, data_dir=data_dir, receive_maximum=RECEIVE_MAXIMUM)
     fleet = load_fleet(fleet_path)
@@ -139,16 +142,19 @@ def collector_drain(broker: Mosquitto, fleet_path: Path, store_url: str, data_di
         time.sleep(0.5)
         first.stop()
         publish_all(broker.port, messages)
+        proc = psutil.Process()
+        base_rss = peak_rss = proc.memory_info().rss
         collector = Collector(settings, fleet, store)
         t0 = time.perf_counter()
         collector.start()
         n = len(messages)
         while collector.metrics.value("bems_collector_stored_total") < n and time.perf_counter() - t0 < 300:
             time.sleep(0.005)
+            peak_rss = max(peak_rss, proc.memory_info().rss)
         rate = collector.metrics.value("bems_collector_stored_total") / (time.perf_counter() - t0)
         collector.stop()
         v5_client("bench-collector", broker.port, clean=True).disconnect()  # end the session: it queues no more
-        return rate, store.count()
+        return rate, store.count(), (peak_rss - base_rss) / 2**20
 
 
 def influx_rates(server: Influxd, readings: list[Reading], batch: int, rounds: int) -> tuple[float, float]:
@@ -178,43 +184,49 @@ def influx_rates(server: Influxd, readings: list[Reading], batch: int, rounds: i
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--readings", type=int, default=60_000, help="messages queued for each MQTT drain")
+    ap.add_argument("--readings", type=int, default=30_000, help="messages queued for each MQTT drain")
     ap.add_argument("--points", type=int, default=300_000, help="points written to InfluxDB per run")
     ap.add_argument("--meters", type=int, default=200)
     ap.add_argument("--batch", type=int, default=5000, help="points per InfluxDB write")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="InfluxDB rounds (best of)")
+    ap.add_argument("--mqtt-rounds", type=int, default=5, help="alternating bare/collector rounds (median)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bems-bench-collector-"))
     fleet_path = make_fleet(tmp, args.meters)
-    readings = make_readings(fleet_path, max(args.readings, args.points))
-    messages = [(r.topic, r.to_json()) for r in readings[:args.readings]]
+    messages = [(r.topic, r.to_json()) for r in make_readings(fleet_path, args.readings)]
     size = sum(len(p) for _, p in messages) / len(messages)
 
     broker = Mosquitto(tmp / "broker")
     broker.start()
     print(f"broker -> store: {len(messages)} queued QoS 1 messages of {size:.0f} bytes, {args.meters} meters, "
-          f"{args.rounds} alternating rounds")
-    ratios = []
+          f"{args.mqtt_rounds} alternating rounds")
+    ratios, rates, bares, growth = [], [], [], []
     try:
-        for i in range(args.rounds):
+        for i in range(args.mqtt_rounds):
             bare = bare_drain(broker.port, messages)
-            ingest, stored = collector_drain(broker, fleet_path, f"sqlite:///{tmp}/readings-{i}.db",
-                                             tmp / f"collector-{i}", messages)
+            ingest, stored, grew = collector_drain(broker, fleet_path, f"sqlite:///{tmp}/readings-{i}.db",
+                                                   tmp / f"collector-{i}", messages)
             ratios.append(ingest / bare)
+            rates.append(ingest)
+            bares.append(bare)
+            growth.append(grew)
             print(f"  round {i + 1}: bare paho subscriber {bare:8.0f} msg/s   collector -> SQLite {ingest:8.0f} "
                   f"readings/s (stored {stored})   ratio {ingest / bare:5.2f}")
     finally:
         broker.stop()
     ratio_ingest = float(np.median(ratios))
+    print(f"  median bare paho subscriber        {np.median(bares):10.0f} msg/s")
+    print(f"  median collector -> SQLite         {np.median(rates):10.0f} readings/s")
     print(f"  median ratio collector/bare        {ratio_ingest:10.2f}")
-    print(f"  peak RSS so far                    {peak_rss_mb():10.0f} MB")
+    print(f"  RSS growth while the collector drained: max {max(growth):.0f} MB; process peak RSS so far "
+          f"{peak_rss_mb():.0f} MB (the benchmark holds the messages too)")
 
     ratio_influx = None
     if find_binary("influxd"):
         server = Influxd(tmp / "influxd")
         server.start()
         try:
-            pts = readings[:args.points]
+            pts = make_readings(fleet_path, args.points)
             store_rate, raw_rate = influx_rates(server, pts, args.batch, args.rounds)
         finally:
             server.stop()
