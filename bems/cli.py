@@ -146,6 +146,10 @@ def _broker(args: argparse.Namespace) -> int:
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"start: mosquitto -c {report.conf}   (running broker: kill -HUP to reload passwd and acl)")
+def _deadletter(args: argparse.Namespace) -> int:
+    from collector.deadletter import render
+
+    print(render(args.action, args.path, reason=args.reason, limit=args.limit, entry_id=args.id))
     return 0
 
 
@@ -245,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("sim", help="simulated meters: serve, inject a fault, write history", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)
     sim.set_defaults(func=_sim)
+    dead = sub.add_parser("deadletter", help="count, list and show messages the collector refused")
+    dead.add_argument("action", choices=["list", "count", "show"])
+    dead.add_argument("id", nargs="?", type=int, help="entry id (for show)")
+    dead.add_argument("--path", default="bems-data/deadletter.db",
+                    help="the dead-letter store (deadletter.db in the collector's data directory)")
+    dead.add_argument("--reason", help="only this reason (json, schema, implausible, ...)")
+    dead.add_argument("--limit", type=int, default=20, help="rows to list, newest first")
+    dead.set_defaults(func=_deadletter)
 
     for name, help_text in (("edge", "run an edge agent"), ("collector", "run the collector"),
                             ("analytics", "run the detectors"), ("api", "run the API and dashboard"),

@@ -6,12 +6,11 @@ One model class serves both sides, so the edge cannot publish what the collector
 from __future__ import annotations
 
 import json
-import math
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bems.errors import PayloadError
 
@@ -55,13 +54,7 @@ def parse_reading_topic(topic: str) -> tuple[str, str]:
     return m.group(1), f"{m.group(1)}.{m.group(2)}"
 
 
-def _finite(v: float) -> float:
-    if not math.isfinite(v):
-        raise ValueError("value must be a finite number")
-    return v
-
-
-FiniteFloat = Annotated[float, AfterValidator(_finite)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # checked in pydantic-core, not per value in Python
 
 
 class Reading(BaseModel):
@@ -104,11 +97,15 @@ class Reading(BaseModel):
 
 
 def decode_reading(payload: bytes, topic: str | None = None) -> Reading:
-    """Parse and validate a payload; every failure is a PayloadError whose message is the reason."""
+    """Parse and validate a payload; every failure is a PayloadError whose message is the reason.
+
+    Strict: JSON types must be the schema's (``"seq": "7"`` or ``true`` for a value are refused, not coerced),
+    as an edge built on this model never sends them.
+    """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        reading = Reading.model_validate_json(payload)
+        reading = Reading.model_validate_json(payload, strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "payload"

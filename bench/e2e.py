@@ -37,8 +37,8 @@ class TimedStore(SQLiteStore):
         self.latencies: list[float] = []
         self.stored_at: list[tuple[float, int]] = []
 
-    def write(self, readings):  # type: ignore[no-untyped-def]
-        result = super().write(readings)
+    def write(self, readings, flags=None):  # type: ignore[no-untyped-def]
+        result = super().write(readings, flags)
         now = dt.datetime.now(dt.UTC)
         self.latencies.extend((now - r.ts).total_seconds() for r in readings)
         self.stored_at.append((time.monotonic(), result.written))

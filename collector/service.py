@@ -1,146 +1,261 @@
 """The collector: subscribe to every building's readings, validate, write batches, ack after the write.
 
-Messages are acknowledged (manual PUBACK) only once their batch is stored, so a crash between receipt and
-write leaves them with the broker, which delivers them again to the same client id.
+MQTT 5 with a persistent session (clean start off, a session expiry) so the broker queues what arrives while
+the collector is away, and a Receive Maximum so the broker may have a whole batch in flight unacknowledged
+(mosquitto's default window for MQTT 3.1.1 clients is 20 messages). A message is acknowledged (manual PUBACK)
+only once its reading is durable: in the store, in the disk buffer, or, when refused, in the dead-letter store.
+A crash before that leaves the message with the broker, which delivers it again to the same client id; the
+store's (meter, time) key makes the second write harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from prometheus_client import start_http_server
 
-from bems.errors import PayloadError, StoreError
+from bems.errors import StoreError
 from bems.fleet import Fleet, load_fleet
 from bems.mqtt import ConnectionWatch, make_client
 from bems.store import Store, open_store
+from bems.store.base import to_ms
 from bems.wire import READING_SUBSCRIPTION, Reading
+from collector.deadletter import DeadLetterError, DeadLetters, Letter
+from collector.metrics import Metrics
+from collector.quality import DOUBTFUL, CounterTracker
 from collector.settings import CollectorSettings
-from collector.validate import Validator
+from collector.spool import Spool
+from collector.validate import Rejected, Validator
+from collector.writer import Backoff, BatchWriter, RecentKeys
 
 log = logging.getLogger("bems.collector")
+STOP_GRACE_S = 5.0  # on SIGTERM, keep writing what already arrived for this long
 
 
-@dataclass(frozen=True)
-class Incoming:
+class Incoming(NamedTuple):  # made in paho's network thread for every message: a tuple is cheapest
     mid: int
     qos: int
     topic: str
     payload: bytes
+    session: int  # which connection delivered it: a packet id is only valid on its own connection
 
 
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.received = Counter("bems_collector_received", "messages received", registry=self.registry)
-        self.stored = Counter("bems_collector_stored", "readings stored", registry=self.registry)
-        self.duplicates = Counter("bems_collector_duplicates", "readings already stored", registry=self.registry)
-        self.rejected = Counter("bems_collector_rejected", "payloads rejected", ["reason"], registry=self.registry)
-        self.write_errors = Counter("bems_collector_write_errors", "failed batch writes", registry=self.registry)
-        self.pending = Gauge("bems_collector_pending", "messages waiting for a write", registry=self.registry)
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
-
-
-def _reason_class(reason: str) -> str:
-    for key in ("unknown meter", "future", "topic", "JSON", "exceeds"):
-        if key in reason:
-            return key.replace(" ", "_").lower()
-    return "schema"
+@dataclass
+class Batch:
+    items: list[Incoming]
+    readings: list[Reading]
+    flags: list[int]
+    ts_ms: list[int]
 
 
 class Collector:
     def __init__(self, settings: CollectorSettings, fleet: Fleet, store: Store) -> None:
         self.settings = settings
         self.store = store
-        self.validator = Validator(fleet, settings.future_tolerance_s)
         self.metrics = Metrics()
-        self.inbox: queue.Queue[Incoming] = queue.Queue()
-        self.client = make_client(settings.broker, settings.client_id, clean_session=False, manual_ack=True)
-        self.watch = ConnectionWatch(self.client, f"collector {settings.client_id}",
-                                     on_connected=lambda c: c.subscribe(self.subscription, qos=1))
+        data_dir = settings.resolved_data_dir()
+        self.deadletters = DeadLetters(data_dir / "deadletter.db", collector=settings.client_id,
+                                       max_rows=settings.deadletter_max_rows)
+        safe_id = re.sub(r"[^A-Za-z0-9_.-]", "_", settings.client_id)
+        self.spool = Spool(data_dir / f"spool-{safe_id}.db", settings.spool_max_readings) \
+            if settings.spool_max_readings else None
+        max_age = settings.raw_retention_days * 86400 if settings.raw_retention_days else None
+        self.validator = Validator(fleet, settings.future_tolerance_s, settings.power_limit_factor, max_age)
+        self.tracker = CounterTracker(fleet, seed=store.latest)
+        self.writer = BatchWriter(store, self.deadletters, self.metrics, spool=self.spool,
+                                  recent=RecentKeys(settings.dedupe_window),
+                                  backoff=Backoff(max_s=settings.retry_max_s), drain_batch=settings.batch_size)
+        self.inbox: queue.SimpleQueue[Incoming] = queue.SimpleQueue()
+        self.client = make_client(settings.broker, settings.client_id, manual_ack=True, protocol=mqtt.MQTTv5)
+        self.watch = ConnectionWatch(self.client, f"collector {settings.client_id}", on_connected=self._on_connected)
         self.client.on_message = self._on_message
+        self._session = 0
+        self._held = 0
+        self._rejections_logged: dict[str, int] = {}
+        self._counters_registered = False
+        self._next_registration = 0.0
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="collector-writer", daemon=True)
+        self._maintainer = threading.Thread(target=self._maintenance_loop, name="collector-maintenance", daemon=True)
 
     @property
     def subscription(self) -> str:
         group = self.settings.shared_group
         return f"$share/{group}/{READING_SUBSCRIPTION}" if group else READING_SUBSCRIPTION
 
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        props.ReceiveMaximum = self.settings.receive_maximum
+        props.MaximumPacketSize = self.settings.max_packet_bytes
+        return props
+
+    def _on_connected(self, client: mqtt.Client) -> None:
+        self._session += 1
+        client.subscribe(self.subscription, qos=1)
+
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self.metrics.received.inc()
-        self.inbox.put(Incoming(msg.mid, msg.qos, msg.topic, msg.payload))
+        self.inbox.put(Incoming(msg.mid, msg.qos, msg.topic, msg.payload, self._session))  # counted by the writer
 
     def start(self) -> None:
+        self._register_counters()
         self._writer.start()
+        if self.settings.raw_retention_days:
+            self._maintainer.start()
         self.client.connect_async(self.settings.broker.host, self.settings.broker.port,
-                                  keepalive=self.settings.broker.keepalive_s)
+                                  keepalive=self.settings.broker.keepalive_s, clean_start=False,
+                                  properties=self._connect_properties())
         self.client.loop_start()
-        log.info("collector %s subscribes to %s and writes to %r", self.settings.client_id, self.subscription,
-                 self.store)
+        log.info("collector %s subscribes to %s and writes to %r (disk buffer: %s)", self.settings.client_id,
+                 self.subscription, self.store, self.spool.path if self.spool is not None else "off")
 
     def stop(self) -> None:
         self._stop.set()
-        self._writer.join(timeout=10)
+        self._writer.join(timeout=STOP_GRACE_S + 10)
+        if self._maintainer.is_alive():
+            self._maintainer.join(timeout=30)
         self.client.disconnect()
         self.client.loop_stop()
+        if self.spool is not None:
+            self.spool.close()
+        self.deadletters.close()
+
+    def _register_counters(self) -> None:
+        if self._counters_registered or time.monotonic() < self._next_registration:
+            return
+        self._next_registration = time.monotonic() + 30
+        try:
+            self.store.register_counters(self.tracker.registry())
+            self._counters_registered = True
+        except StoreError as exc:
+            if exc.retryable:  # the readings' writes wait too, as long as the server asked
+                self.writer.backoff.failed(getattr(exc, "retry_after", None))
+            log.warning("cannot record the counter registry yet (%s); will retry", exc)
 
     def _take_batch(self) -> list[Incoming]:
+        """Up to batch_size messages, waiting at most batch_interval_s for them."""
         batch: list[Incoming] = []
+        size = self.settings.batch_size
         deadline = time.monotonic() + self.settings.batch_interval_s
-        while len(batch) < self.settings.batch_size:
+        get, get_nowait = self.inbox.get, self.inbox.get_nowait
+        while len(batch) < size:
+            try:
+                batch.append(get_nowait())
+                continue
+            except queue.Empty:
+                pass
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 break
             try:
-                batch.append(self.inbox.get(timeout=timeout))
+                batch.append(get(timeout=timeout))
             except queue.Empty:
                 break
         return batch
 
-    def _write_loop(self) -> None:
-        pending: list[tuple[Incoming, Reading]] = []
-        while not self._stop.is_set() or pending:
-            for item in self._take_batch():
-                try:
-                    pending.append((item, self.validator.check(item.topic, item.payload)))
-                except PayloadError as exc:
-                    self.metrics.rejected.labels(_reason_class(str(exc))).inc()
-                    log.warning("rejected payload on %s: %s", item.topic[:200], exc)
-                    self._ack(item)
-            self.metrics.pending.set(len(pending))
-            if not pending:
-                continue
+    def _triage(self, items: list[Incoming]) -> Batch:
+        """Validate: refused messages are dead-lettered and acknowledged here; the rest become readings."""
+        self.metrics.received.inc(len(items))
+        good: list[Incoming] = []
+        readings: list[Reading] = []
+        letters: list[Letter] = []
+        refused: list[Incoming] = []
+        window = self.validator.time_window()
+        check = self.validator.check
+        for item in items:
             try:
-                result = self.store.write([r for _, r in pending])
-            except StoreError as exc:
-                self.metrics.write_errors.inc()
-                log.error("store write of %d readings failed (kept, retrying): %s", len(pending), exc)
-                if self._stop.wait(1.0):
-                    break
-                continue
-            self.metrics.stored.inc(result.written)
-            self.metrics.duplicates.inc(result.duplicates)
-            for item, _ in pending:
-                self._ack(item)
-            pending = []
+                readings.append(check(item.topic, item.payload, window=window))
+                good.append(item)
+            except Rejected as exc:
+                letters.append(Letter(item.topic, item.payload, exc.kind, str(exc)))
+                refused.append(item)
+                self._log_rejection(item.topic, exc)
+        if letters:
+            try:
+                self.deadletters.add(letters)
+            except DeadLetterError as exc:
+                log.error("%s; the refused messages stay unacknowledged", exc)
+            else:
+                self.metrics.deadlettered.inc(len(letters))
+                self._ack(refused)
+        ts_ms = [to_ms(r.ts) for r in readings]
+        flags = self.tracker.flags(readings, ts_ms)
+        for i, bits in enumerate(flags):
+            if bits & DOUBTFUL and readings[i].quality == "good":
+                readings[i] = readings[i].model_copy(update={"quality": "uncertain"})
+        return Batch(good, readings, flags, ts_ms)
 
-    def _ack(self, item: Incoming) -> None:
-        if item.qos > 0:
-            self.client.ack(item.mid, item.qos)
+    def _log_rejection(self, topic: str, exc: Rejected) -> None:
+        self.metrics.rejected.labels(exc.kind).inc()
+        n = self._rejections_logged[exc.kind] = self._rejections_logged.get(exc.kind, 0) + 1
+        if n == 1 or n % 1000 == 0:
+            log.warning("rejected payload on %s (%s, %d so far; see `bems deadletter list`): %s",
+                        topic[:200], exc.kind, n, exc)
+        else:
+            log.debug("rejected payload on %s (%s): %s", topic[:200], exc.kind, exc)
+
+    def _write_loop(self) -> None:
+        held: Batch | None = None
+        stop_by: float | None = None
+        while True:
+            if self._stop.is_set() and stop_by is None:
+                stop_by = time.monotonic() + STOP_GRACE_S
+            if held is None:
+                if stop_by is not None and (self.inbox.empty() or time.monotonic() > stop_by):
+                    break
+                items = self._take_batch()
+                held = self._triage(items) if items else None
+            if held is not None:
+                if self.writer.submit(held.readings, held.flags, held.ts_ms):
+                    self._ack(held.items)
+                    held = None
+                elif stop_by is not None:
+                    break  # store down and disk buffer full: the broker keeps these for our next session
+                else:
+                    self._stop.wait(min(max(self.writer.backoff.remaining, 0.05), 1.0))
+            self._held = len(held.items) if held else 0
+            self.metrics.pending.set(self.inbox.qsize() + self._held)
+            self.writer.drain()
+            if not self._counters_registered and self.writer.backoff.ready:
+                self._register_counters()  # at most every 30 s until it succeeds
+
+    def _maintenance_loop(self) -> None:
+        """Raw readings older than the retention are rolled up and deleted (SQLite), or the InfluxDB retention
+        policy and continuous query are kept in place; first at start, then every maintenance interval."""
+        keep = dt.timedelta(days=self.settings.raw_retention_days or 0)
+        while True:
+            try:
+                deleted = self.store.enforce_retention(keep)
+                if deleted:
+                    log.info("retention: %d raw readings older than %s rolled up and deleted", deleted, keep)
+            except StoreError as exc:
+                log.warning("retention task failed (%s); next try in %.0f s", exc,
+                            self.settings.maintenance_interval_s)
+            if self._stop.wait(self.settings.maintenance_interval_s):
+                return
+
+    def _ack(self, items: list[Incoming]) -> None:
+        session = self._session
+        for item in items:
+            if item.qos > 0 and item.session == session:
+                self.client.ack(item.mid, item.qos)
 
 
 async def run(settings: CollectorSettings) -> None:
     fleet = load_fleet(settings.fleet)
-    store = open_store(settings.store)
+    token = settings.influx_token.get_secret_value() if settings.influx_token else None
+    store = open_store(settings.store, token=token)
     collector = Collector(settings, fleet, store)
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=collector.metrics.registry)

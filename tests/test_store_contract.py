@@ -80,3 +80,44 @@ def test_latest_per_meter(store: Store) -> None:
     assert latest["b1.m1"].ts == T0 + H
     assert latest["b1.m1"].values == {"power_w": 2.0, "energy_kwh": 6.0}
     assert latest["b2.m1"].values == {"volume_m3": 9.25}
+
+
+PULSE_WRAP = 2**32 * 0.01  # an ADAM-6050 uint32 pulse counter of 0.01 m3
+
+
+def test_consumption_across_rollover_and_meter_swap(store: Store) -> None:
+    # water: +0.5 m3 per 15 min from 3 m3 below the wrap, so the counter wraps in the second hour;
+    # electricity: +2 kWh per 15 min, the meter is replaced after 1h30 and the new one counts from zero
+    step = dt.timedelta(minutes=15)
+    water = [((2**32 - 300 + 50 * i) % 2**32) / 100 for i in range(17)]
+    elec = [182733.5 + 2 * i if i <= 6 else 2.0 * (i - 6) for i in range(17)]
+    store.register_counters({("b1.water", "volume_m3"): PULSE_WRAP, ("b1.elec", "energy_kwh"): None})
+    store.write([reading("b1.water", T0 + i * step, i, volume_m3=v) for i, v in enumerate(water)]
+                + [reading("b1.elec", T0 + i * step, 100 + i, energy_kwh=v) for i, v in enumerate(elec)])
+    c = store.read_consumption(["b1.water", "b1.elec"], "volume_m3", T0 + H, T0 + 4 * H, H)
+    np.testing.assert_allclose(c.values[0], [2.0, 2.0, 2.0], atol=1e-6)
+    assert np.isnan(c.values[1]).all()
+    e = store.read_consumption(["b1.elec"], "energy_kwh", T0 + H, T0 + 4 * H, H)
+    np.testing.assert_allclose(e.values[0], [8.0, 8.0, 8.0])
+    np.testing.assert_allclose(store.counter_wraps(["b1.elec", "b1.water"], "volume_m3"), [np.nan, PULSE_WRAP])
+
+
+def test_negative_delta_is_never_negative_consumption(store: Store) -> None:
+    values = [500.0, 502.0, 501.0, 503.0, 505.0, 400.0, 402.0, 404.0, 406.0]  # a glitch, then a drop to 400
+    store.write([reading("b1.m1", T0 + i * dt.timedelta(minutes=20), i, energy_kwh=v) for i, v in enumerate(values)])
+    c = store.read_consumption(["b1.m1"], "energy_kwh", T0 + H, T0 + 3 * H, H)
+    # hour 1 (01:00, 01:20, 01:40): 501 -> 503 -> 505 (+4), 505 -> 400 counts 0; hour 2: 400 -> 406 (+6)
+    np.testing.assert_allclose(c.values[0], [4.0, 6.0])
+    assert store.points("b1.m1", "energy_kwh", T0, T0 + 3 * H).values.size == len(values)
+
+
+def test_flags_are_stored_with_the_raw_value(store: Store) -> None:
+    rs = [reading("b1.m1", T0 + i * H, i, energy_kwh=v) for i, v in enumerate([10.0, 20.0, 0.5])]
+    store.write(rs, flags=[0, 0, 2])
+    pts = store.points("b1.m1", "energy_kwh", T0, T0 + 3 * H)
+    assert list(pts.values) == [10.0, 20.0, 0.5]
+    assert list(pts.seq) == [0, 1, 2]
+    assert pts.flag_names() == [(), (), ("reset",)]
+    assert pts.times[2] == np.datetime64("2026-11-21T02:00:00.000")
+    assert store.latest(["b1.m1"])["b1.m1"].flags == ("reset",)
+    assert store.points("b1.none", "energy_kwh", T0, T0 + H).values.size == 0

@@ -10,6 +10,8 @@ from typing import Literal
 
 import numpy as np
 
+from bems.errors import StoreError
+from bems.store.counters import classify_drops, flag_names
 from bems.wire import Reading
 
 Agg = Literal["mean", "min", "max", "sum", "first", "last", "count"]
@@ -17,16 +19,41 @@ AGGS: tuple[Agg, ...] = ("mean", "min", "max", "sum", "first", "last", "count")
 QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
 QUALITY_NAME = {v: k for k, v in QUALITY_CODE.items()}
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+ROLLUP_MS = 30 * 60 * 1000  # rollup period: whole UTC hours and Tehran's :30 hours are both made of it
+_MS = dt.timedelta(milliseconds=1)
 
 
 def to_ms(t: dt.datetime) -> int:
     if t.tzinfo is None:
         raise ValueError("naive datetime: store times are UTC and must carry tzinfo")
-    return (t - EPOCH) // dt.timedelta(milliseconds=1)
+    return (t - EPOCH) // _MS
 
 
 def from_ms(ms: int) -> dt.datetime:
     return EPOCH + dt.timedelta(milliseconds=ms)
+
+
+class StoreUnavailable(StoreError):
+    """The store is down, overloaded or throttling: keep the batch and retry, after ``retry_after`` s if given."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message, retryable=True)
+        self.retry_after = retry_after
+
+
+class StoreRejected(StoreError):
+    """The store refused the batch itself (a 4xx): retrying cannot help; the message is the server's."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse an HTTP Retry-After header given in seconds (the HTTP-date form is rare for APIs and ignored)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,36 @@ class Latest:
     ts: dt.datetime
     values: dict[str, float]
     quality: str
+    flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Points:
+    """Raw readings of one field of one meter in time order (no aggregation)."""
+
+    times: np.ndarray  # datetime64[ms] (UTC)
+    values: np.ndarray  # float64
+    quality: np.ndarray  # int8 codes of QUALITY_CODE
+    flags: np.ndarray  # int64 bits of bems.store.counters
+    seq: np.ndarray  # int64
+
+    def flag_names(self) -> list[tuple[str, ...]]:
+        return [flag_names(int(f)) for f in self.flags]
+
+
+@dataclass(frozen=True)
+class Drops:
+    """Readings of a cumulative field lower than the reading before them: row of the meter, time, both values."""
+
+    rows: np.ndarray  # intp, index into the requested meters
+    ts_ms: np.ndarray  # int64
+    prev: np.ndarray  # float64
+    cur: np.ndarray  # float64
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple[int, int, float, float]]) -> Drops:
+        arr = np.array(rows, dtype=np.float64).reshape(-1, 4)
+        return cls(rows=arr[:, 0].astype(np.intp), ts_ms=arr[:, 1].astype(np.int64), prev=arr[:, 2], cur=arr[:, 3])
 
 
 def bucket_axis(start: dt.datetime, end: dt.datetime, bucket: dt.timedelta) -> tuple[int, int, int]:
@@ -77,8 +134,12 @@ class Store(ABC):
     """Readings in, ``[meters x time]`` matrices out."""
 
     @abstractmethod
-    def write(self, readings: Sequence[Reading]) -> WriteResult:
-        """Store readings; the same (meter, timestamp) stored twice is kept once and counted as a duplicate."""
+    def write(self, readings: Sequence[Reading], flags: Sequence[int] | None = None) -> WriteResult:
+        """Store readings; the same (meter, timestamp) stored twice is kept once and counted as a duplicate.
+
+        ``flags`` (bits of bems.store.counters, one per reading) are the collector's quality flags. Raises
+        StoreUnavailable (retry later) or StoreRejected (the batch itself is refused).
+        """
 
     @abstractmethod
     def read_matrix(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime,
@@ -96,6 +157,32 @@ class Store(ABC):
     @abstractmethod
     def sequences(self, meter: str) -> list[int]:
         """Sequence numbers stored for a meter, in time order (used to prove exactly-once delivery)."""
+
+    def points(self, meter: str, field: str, start: dt.datetime, end: dt.datetime) -> Points:
+        """Raw readings of ``field`` in [start, end) with their quality and flags."""
+        raise NotImplementedError(f"{type(self).__name__} does not read raw points")
+
+    def counter_drops(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime) -> Drops:
+        """Readings in [start, end) lower than the reading of the same meter before them (also in the range)."""
+        raise NotImplementedError(f"{type(self).__name__} does not find counter drops")
+
+    def register_counters(self, wraps: Mapping[tuple[str, str], float | None]) -> None:  # noqa: B027
+        """Record, per (meter, field) of a cumulative register, the value at which it wraps (None: never)."""
+
+    def counter_wraps(self, meters: Sequence[str], field: str) -> np.ndarray:
+        """Wrap value per meter for ``field`` as recorded by :meth:`register_counters`; NaN where unknown."""
+        return np.full(len(meters), np.nan)
+
+    def rollup_corrections(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime,
+                           bucket: dt.timedelta) -> np.ndarray:
+        """Counter corrections per bucket recorded when raw readings were rolled up, for the buckets that
+        read_matrix takes from the rollups; NaN for the buckets read from raw readings."""
+        _, _, n = bucket_axis(start, end, bucket)
+        return np.full((len(meters), n), np.nan)
+
+    def enforce_retention(self, raw: dt.timedelta, now: dt.datetime | None = None) -> int:
+        """Keep raw readings for ``raw``, aggregates for good; the number of raw rows deleted (if known)."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -149,15 +236,30 @@ class Store(ABC):
 
     def read_consumption(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime,
                          bucket: dt.timedelta) -> Matrix:
-        """Consumption per bucket from a cumulative register: the rise of its last value from bucket to bucket.
+        """Consumption per bucket from a cumulative register: the rise of its last value from bucket to bucket,
+        corrected where the register dropped (rollover, meter replaced, glitch; see bems.store.counters).
 
-        The bucket before ``start`` is read too, so the first bucket has a delta. A negative delta (reset or
-        rollover) and a bucket after a gap give NaN rather than a made-up number.
+        The bucket before ``start`` is read too, so the first bucket has a delta. A bucket with no reading, the
+        bucket after it, and a drop the store cannot classify (its raw readings are gone) give NaN rather than
+        a made-up number.
         """
         s, bms, _ = bucket_axis(start, end, bucket)
-        last = self.read_matrix(meters, field, from_ms(s - bms), end, bucket, "last")
+        lo = from_ms(s - bms)
+        last = self.read_matrix(meters, field, lo, end, bucket, "last")
         values = np.diff(last.values, axis=1)
-        values[values < 0] = np.nan
+        rolled = self.rollup_corrections(meters, field, lo, end, bucket)[:, 1:]
+        covered = ~np.isnan(rolled)  # buckets whose raw readings are (or may be) gone
+        values[covered] += rolled[covered]
+        drops = self.counter_drops(meters, field, lo, end)
+        if drops.rows.size:
+            wraps = self.counter_wraps(meters, field)
+            delta, _ = classify_drops(drops.prev, drops.cur, wraps[drops.rows])
+            correction = delta - (drops.cur - drops.prev)
+            col = (drops.ts_ms - (s - bms)) // bms - 1  # a drop in bucket j corrects the step into bucket j
+            ok = (col >= 0) & (col < values.shape[1])
+            ok[ok] = ~covered[drops.rows[ok], col[ok]]
+            np.add.at(values, (drops.rows[ok], col[ok]), correction[ok])
+        values[values < 0] = np.nan  # a drop the store could not explain: unknown, not negative
         return Matrix(meters=last.meters, times=last.times[1:], values=values, field=field, bucket=bucket)
 
     def __enter__(self) -> Store:
@@ -165,6 +267,28 @@ class Store(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def merge_rollup(out: Matrix, rolled: Matrix, start_ms: int, bucket_ms: int, horizon_ms: int) -> None:
+    """Take the buckets wholly before ``horizon_ms`` (where raw readings are gone) from the rollups."""
+    k = min(out.values.shape[1], (horizon_ms - start_ms) // bucket_ms)
+    if k <= 0:
+        return
+    have = ~np.isnan(rolled.values[:, :k])
+    out.values[:, :k][have] = rolled.values[:, :k][have]
+
+
+def covered_buckets(start_ms: int, bucket_ms: int, n: int, horizon_ms: int | None) -> int:
+    """How many leading buckets read_matrix takes from the rollups (0 when it cannot)."""
+    if not rollup_usable(start_ms, bucket_ms, horizon_ms):
+        return 0
+    assert horizon_ms is not None
+    return max(0, min(n, (horizon_ms - start_ms) // bucket_ms))
+
+
+def rollup_usable(start_ms: int, bucket_ms: int, horizon_ms: int | None) -> bool:
+    return (horizon_ms is not None and start_ms + bucket_ms <= horizon_ms and bucket_ms % ROLLUP_MS == 0
+            and start_ms % ROLLUP_MS == 0)
 
 
 def empty_matrix(meters: Sequence[str], field: str, start_ms: int, bucket_ms: int, n: int) -> Matrix:
