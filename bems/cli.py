@@ -124,6 +124,9 @@ def _restore(args: argparse.Namespace) -> int:
     for line in restore(Path(args.source), store=args.store, db=args.db, influx_rpc=args.influx_rpc,
                         force=args.force, expected_manifest_sha256=args.manifest_sha256):
         print(line)
+    return 0
+
+
 def _broker(args: argparse.Namespace) -> int:
     """Prints where things went and who got a credential, never a password: those are only in clients/*.env."""
     from bems.broker import BrokerOptions, generate
@@ -146,6 +149,9 @@ def _broker(args: argparse.Namespace) -> int:
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"start: mosquitto -c {report.conf}   (running broker: kill -HUP to reload passwd and acl)")
+    return 0
+
+
 def _deadletter(args: argparse.Namespace) -> int:
     from collector.deadletter import render
 
