@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bems.errors import BemsError
+from bems.sqlite_file import open_wal
 
 KEEP_PAYLOAD_BYTES = 16_384  # an oversized payload keeps its head, its size and its digest
 KEEP_TOPIC_CHARS = 1024
@@ -71,11 +72,7 @@ class DeadLetters:
                                   "directory holds deadletter.db)")
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            self._db = open_wal(self.path, SCHEMA, synchronous="FULL")
         except (OSError, sqlite3.Error) as exc:
             raise DeadLetterError(f"cannot open the dead-letter store {self.path}: {exc}") from exc
         self._rows = self.count()

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bems.errors import StoreError
+from bems.sqlite_file import open_wal
 from bems.wire import Reading
 
 SCHEMA = """
@@ -27,11 +28,7 @@ class Spool:
         self.max_readings = max_readings
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            self._db = open_wal(self.path, SCHEMA, synchronous="FULL")
             self._size = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the disk buffer {self.path}: {exc}", retryable=False) from exc

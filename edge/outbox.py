@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bems.errors import ConfigError
+from bems.sqlite_file import open_wal
 
 log = logging.getLogger("bems.edge")
 
@@ -48,12 +49,8 @@ class CycleResult:
 class Outbox:
     def __init__(self, path: Path, max_bytes: int) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db = open_wal(path, _SCHEMA, synchronous="FULL", timeout=5.0)
             self._sync = "FULL"
-            self.db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise ConfigError(f"state_dir: cannot open the reading queue {path} ({exc}); "
                               "choose a writable directory with --state-dir") from exc

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from bems.errors import StoreError
+from bems.sqlite_file import open_wal
 from bems.store.base import (
     QUALITY_CODE,
     QUALITY_NAME,
@@ -89,15 +90,11 @@ class _MeterIds(dict):
 class SQLiteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            self._db = open_wal(self.path, SCHEMA, synchronous="NORMAL")
             self._migrate()
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open SQLite store {self.path}: {exc}", retryable=False) from exc
         self._meter_ids = _MeterIds(self)
         self._columns: set[str] = set()
