@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from bems.errors import ConfigError
 from bems.registers import DeviceProfile, available_profiles, load_profile
+from bems.signing import KeyRing, parse_public_key
 from bems.validation import load_yaml, parse_model
 from bems.wire import METER_ID, SLUG
 
@@ -135,6 +136,15 @@ class Edge(_Strict):
     timeout_s: float = Field(2.0, gt=0, le=60, description="per request; a device may override it")
     retries: int = Field(1, ge=0, le=10, description="extra tries of a failed request within one poll")
     backoff_max_s: float = Field(60.0, gt=0, le=3600, description="cap of the wait before retrying a dead device")
+    public_keys: tuple[str, ...] = Field(
+        (), description="the edge's Ed25519 public keys (base64, from `bems edge keygen`); two while rotating")
+
+    @field_validator("public_keys")
+    @classmethod
+    def _keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        for text in keys:
+            parse_public_key(text)
+        return keys
 
 
 class Fleet(_Strict):
@@ -188,6 +198,9 @@ class Fleet(_Strict):
     @cached_property
     def meter_by_id(self) -> dict[str, Meter]:
         return {m.id: m for m in self.meters}
+
+    def keyring(self) -> KeyRing:
+        return KeyRing((e.id, e.building, k) for e in self.edges for k in e.public_keys)
 
     def edge(self, edge_id: str) -> Edge:
         for e in self.edges:

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bems.errors import PayloadError
+from bems.signing import KID_PATTERN, SIG_PATTERN, Signer, canonical
 
 WIRE_VERSION = 1
 TOPIC_ROOT = "bems/v1"
@@ -23,6 +24,8 @@ MAX_PAYLOAD_BYTES = 16_384
 MAX_VALUES = 64
 
 Quality = Literal["good", "uncertain", "bad"]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MILLISECOND = timedelta(milliseconds=1)
 
 
 def reading_topic(building: str, meter: str) -> str:
@@ -74,6 +77,9 @@ class Reading(BaseModel):
     values: dict[Annotated[str, Field(pattern=FIELD)], FiniteFloat] = Field(
         min_length=1, max_length=MAX_VALUES, description="canonical field names with the unit in the name")
     quality: Quality = "good"
+    kid: str | None = Field(None, pattern=KID_PATTERN, description="id of the edge key that signed the reading")
+    sig: str | None = Field(None, pattern=SIG_PATTERN,
+                            description="Ed25519 signature (base64) of the reading's canonical bytes (bems.signing)")
 
     @field_validator("ts")
     @classmethod
@@ -94,6 +100,17 @@ class Reading(BaseModel):
     @property
     def topic(self) -> str:
         return reading_topic(self.building, self.meter)
+
+    @property
+    def ts_ms(self) -> int:
+        return (self.ts - EPOCH) // MILLISECOND
+
+    def signed_bytes(self) -> bytes:
+        return canonical(self.building, self.meter, self.edge, self.ts_ms, self.seq, self.values)
+
+    def signed(self, signer: Signer) -> Reading:
+        """A copy carrying the signer's key id and signature."""
+        return self.model_copy(update={"kid": signer.kid, "sig": signer.sign(self.signed_bytes())})
 
 
 def decode_reading(payload: bytes, topic: str | None = None) -> Reading:

@@ -1,0 +1,154 @@
+"""Signed readings: each edge signs every reading with its own Ed25519 key; anyone with the fleet file verifies.
+
+Ed25519 rather than HMAC: the collector, the API and an auditor hold only public keys, so none of them can forge
+a reading, and a stored reading stays verifiable years later by whoever has the fleet file. The signed bytes are
+rebuilt from what the store keeps (building, meter, edge, time in ms, sequence number, values), so a reading is
+verified on arrival and again at rest (``bems verify``). The edge's quality word is not signed: the collector may
+lower it (a counter rollover makes a reading "uncertain") without breaking the signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from bems.errors import BemsError, ConfigError
+
+DOMAIN = "bems-reading-v1"
+KID_PATTERN = r"^[A-Za-z0-9_-]{16}$"
+SIG_PATTERN = r"^[A-Za-z0-9+/]{86}==$"
+PUBLIC_KEY_PATTERN = r"^[A-Za-z0-9+/]{43}=$"
+
+
+class SignatureRejected(BemsError):
+    """A reading that must not be stored; ``kind`` is the dead-letter reason (unsigned, unknown_key, ...)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def canonical(building: str, meter: str, edge: str, ts_ms: int, seq: int, values: Mapping[str, float]) -> bytes:
+    """The signed bytes: one field per line, values by name with the shortest exact float text."""
+    lines = [DOMAIN, building, meter, edge, str(int(ts_ms)), str(int(seq))]
+    lines += [f"{name}={float(values[name])!r}" for name in sorted(values)]
+    return "\n".join(lines).encode()
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Short fingerprint of a public key, carried in every signed payload so the verifier picks the key."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.urlsafe_b64encode(hashlib.sha256(raw).digest())[:16].decode()
+
+
+def public_key_text(public_key: Ed25519PublicKey) -> str:
+    """The form the fleet file registers: the 32 raw bytes in base64."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def parse_public_key(text: str) -> Ed25519PublicKey:
+    try:
+        raw = base64.b64decode(text, validate=True)
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError as exc:
+        raise ValueError(f"not an Ed25519 public key (32 bytes in base64, as `bems edge keygen` prints): {exc}") \
+            from None
+
+
+@dataclass(frozen=True)
+class Signer:
+    """An edge's private key; ``sign`` returns the base64 signature of a reading's canonical bytes."""
+
+    key: Ed25519PrivateKey
+    kid: str
+
+    def sign(self, data: bytes) -> str:
+        return base64.b64encode(self.key.sign(data)).decode()
+
+    @property
+    def public_key(self) -> str:
+        return public_key_text(self.key.public_key())
+
+
+def generate_key(path: str | Path, *, force: bool = False) -> Signer:
+    """Write a new private key (PKCS#8 PEM, mode 0600); refuses to overwrite one unless ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise ConfigError(f"{path} already exists; keep it, or pass --force to replace it (readings signed with "
+                          f"the old key still verify while its public key stays in the fleet file)")
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(pem)
+    os.replace(tmp, path)
+    return Signer(key, key_id(key.public_key()))
+
+
+def load_signing_key(path: str | Path) -> Signer:
+    path = Path(path)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise ConfigError(f"signing key {path}: {exc.strerror}; create it with `bems edge keygen --out {path}`") \
+            from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"signing key {path}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"signing key {path}: not an Ed25519 key; create one with `bems edge keygen`")
+    return Signer(key, key_id(key.public_key()))
+
+
+@dataclass(frozen=True)
+class RegisteredKey:
+    edge: str
+    building: str
+    key: Ed25519PublicKey
+
+
+class KeyRing:
+    """The fleet's public keys by key id; an edge may have several while a key is being rotated."""
+
+    def __init__(self, keys: Iterable[tuple[str, str, str]]) -> None:
+        """``keys``: (edge id, building id, public key text) triples."""
+        self._by_kid: dict[str, RegisteredKey] = {}
+        for edge, building, text in keys:
+            public = parse_public_key(text)
+            self._by_kid[key_id(public)] = RegisteredKey(edge, building, public)
+
+    def __len__(self) -> int:
+        return len(self._by_kid)
+
+    def verify(self, kid: str | None, sig: str | None, *, building: str, meter: str, edge: str, ts_ms: int,
+               seq: int, values: Mapping[str, float]) -> RegisteredKey:
+        """Return the key that signed this reading, or raise SignatureRejected naming why not."""
+        if not kid or not sig:
+            raise SignatureRejected("unsigned", f"reading of {meter} from edge {edge!r} carries no signature")
+        registered = self._by_kid.get(kid)
+        if registered is None:
+            raise SignatureRejected("unknown_key", f"reading of {meter} is signed with key {kid!r}, which no edge "
+                                                   f"in the fleet file registers")
+        if registered.edge != edge:
+            raise SignatureRejected("wrong_edge", f"reading of {meter} claims edge {edge!r} but is signed with "
+                                                  f"the key of edge {registered.edge!r}")
+        if registered.building != building:
+            raise SignatureRejected("wrong_building", f"edge {edge!r} serves building {registered.building!r} and "
+                                                      f"may not send readings for building {building!r}")
+        try:
+            registered.key.verify(base64.b64decode(sig), canonical(building, meter, edge, ts_ms, seq, values))
+        except (InvalidSignature, ValueError):
+            raise SignatureRejected("bad_signature", f"reading of {meter} from edge {edge!r} seq {seq}: signature "
+                                                     f"does not match key {kid!r}") from None
+        return registered
