@@ -24,12 +24,20 @@ def temperature_features(temp: np.ndarray, knots: tuple[float, ...] = DEFAULT_KN
     return np.stack(cols, axis=1)
 
 
-def design(slot_of_week: np.ndarray, temp: np.ndarray, slots: int, knots: tuple[float, ...] = DEFAULT_KNOTS
-           ) -> np.ndarray:
-    """[T, slots + temperature segments]: one-hot time of week, then the temperature basis."""
+def design(slot_of_week: np.ndarray, temp: np.ndarray, slots: int, knots: tuple[float, ...] = DEFAULT_KNOTS,
+           occupied: np.ndarray | None = None) -> np.ndarray:
+    """[T, slots + temperature segments]: one-hot time of week, then the temperature basis.
+
+    With ``occupied``, as in TOWT, the temperature basis is fitted twice, once for occupied and once for
+    unoccupied hours: heating and cooling follow the weather only while the HVAC schedule runs.
+    """
     onehot = np.zeros((slot_of_week.size, slots))
     onehot[np.arange(slot_of_week.size), slot_of_week] = 1.0
-    return np.concatenate([onehot, temperature_features(temp, knots)], axis=1)
+    temps = temperature_features(temp, knots)
+    if occupied is not None:
+        occ = np.asarray(occupied, dtype=np.float64)[:, None]
+        temps = np.concatenate([temps * occ, temps * (1.0 - occ)], axis=1)
+    return np.concatenate([onehot, temps], axis=1)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,20 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from fastapi import APIRouter, Query, Response
 
+from analytics.savings import SavingsReport, measure
 from api.auth import CurrentPrincipal, Principal, building_for
 from api.deps import CacheDep, CalendarDep, FleetDep, StateDep, StoreDep, TariffsDep
-from api.models import BuildingPage, HeatmapOut, MeterSeries, Portfolio, PortfolioRow, ProfileOut
+from api.models import (
+    BuildingPage,
+    CommoditySavingsOut,
+    HeatmapOut,
+    MeterSavingsOut,
+    MeterSeries,
+    Portfolio,
+    PortfolioRow,
+    ProfileOut,
+    SavingsOut,
+)
 from api.routes import BuildingId, building_out
 from api.series import check_time, invalid, json_values
 from bems.calendar import OfficeCalendar, _utc_offsets
@@ -119,6 +130,52 @@ def page_payload(b: Building, fleet: Fleet, who: Principal, store: Store, calend
                            baseline_kwh=json_values(baseline[idx])),
         heatmap=HeatmapOut(weekdays=WEEKDAYS, mean_kwh=[json_values(row) for row in heat]))
     return page.model_dump_json().encode()
+
+
+@router.get("/buildings/{building_id}/savings", response_model=SavingsOut, tags=["kpis"])
+async def get_savings(building_id: BuildingId, who: CurrentPrincipal, fleet: FleetDep, store: StoreDep,
+                      calendar: CalendarDep, tariffs: TariffsDep, cache: CacheDep, start: Start = None,
+                      end: End = None,
+                      baseline_weeks: Annotated[int, Query(ge=2, le=52, description=(
+                          "length of the baseline period, in weeks just before the reporting period"))] = 12,
+                      ) -> Response:
+    """Savings (or excess) of every visible meter in the reporting period against its weather-normalized baseline
+    (time of week + outdoor temperature, fitted on the ``baseline_weeks`` before), with the Guideline 14
+    statistics of each fit and the electricity savings in rial through the time-of-use tariff."""
+    b = building_for(who, fleet, building_id)
+    t0, t1 = period(start, end, b.timezone)
+    base = (t0 - dt.timedelta(weeks=baseline_weeks), t0)
+    meters = _visible(who, fleet, b.id)
+
+    def compute() -> bytes:
+        report = measure(store, fleet, b.id, meters, base, (t0, t1), calendar, tariffs)
+        return savings_out(report, tariffs).model_dump_json().encode()
+
+    return Response(await cache.get(("savings", b.id, t0, t1, baseline_weeks, who.key), compute), media_type=JSON)
+
+
+def savings_out(report: SavingsReport, tariffs: TariffBook) -> SavingsOut:
+    def pct(x: float | None) -> float | None:
+        return None if x is None else round(100 * x, 2)
+
+    totals = []
+    for commodity in sorted({m.commodity for m in report.meters}):
+        rows = [m for m in report.meters if m.commodity == commodity]
+        actual, expected = sum(m.actual for m in rows), sum(m.expected for m in rows)
+        rial = [m.saved_rial for m in rows if m.saved_rial is not None]
+        totals.append(CommoditySavingsOut(
+            commodity=commodity, unit=tariffs.commodities[commodity].unit, actual=actual, expected=expected,
+            saved=expected - actual, saved_pct=round(100 * (expected - actual) / expected, 2) if expected else None,
+            saved_rial=sum(rial) if rial else None))
+    return SavingsOut(
+        building=report.building, method=report.method, temperature_meter=report.temperature_meter,
+        baseline_start=report.baseline[0], baseline_end=report.baseline[1], report_start=report.report[0],
+        report_end=report.report[1], totals=totals,
+        meters=[MeterSavingsOut(meter=m.meter, commodity=m.commodity, unit=tariffs.commodities[m.commodity].unit,
+                                baseline_hours=m.baseline_hours, cv_rmse_pct=pct(m.cv_rmse), nmbe_pct=pct(m.nmbe),
+                                meets_guideline14=m.meets_guideline14, report_hours=m.report_hours, actual=m.actual,
+                                expected=m.expected, saved=m.saved, saved_rial=m.saved_rial)
+                for m in report.meters])
 
 
 @router.get("/buildings/{building_id}/dashboard", response_model=BuildingPage, tags=["kpis"])

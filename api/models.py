@@ -222,3 +222,48 @@ class TariffsOut(BaseModel):
     source: Literal["file", "override"] = Field("file", description="the tariff file, or an admin's override")
     changed_at: UtcDatetime | None = Field(None, description="when an admin last changed or reset the tariffs")
     changed_by: str | None = None
+
+
+class MeterSavingsOut(BaseModel):
+    meter: str
+    commodity: str
+    unit: str
+    baseline_hours: int = Field(description="hours of the baseline period the model was fitted on")
+    cv_rmse_pct: float | None = Field(description="ASHRAE Guideline 14 CV(RMSE) of the fit, %")
+    nmbe_pct: float | None = Field(description="ASHRAE Guideline 14 NMBE of the fit, %")
+    meets_guideline14: bool = Field(description="hourly model: CV(RMSE) <= 30 % on at least 14 days of data")
+    report_hours: int
+    actual: float = Field(description="consumption over the modelled hours of the reporting period")
+    expected: float = Field(description="what the baseline model expects over the same hours and weather")
+    saved: float = Field(description="expected - actual; negative is excess")
+    saved_rial: float | None = Field(description="electricity: the hourly savings through the time-of-use tariff")
+
+
+class CommoditySavingsOut(BaseModel):
+    commodity: str
+    unit: str
+    actual: float
+    expected: float
+    saved: float
+    saved_pct: float | None
+    saved_rial: float | None
+
+
+class SavingsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "building": "tehran-moi-hq", "method": "time of week and outdoor temperature from tehran-moi-hq.outdoor "
+        "(TOWT), least squares per meter", "temperature_meter": "tehran-moi-hq.outdoor",
+        "baseline_start": "2026-08-01T20:30:00Z", "baseline_end": "2026-10-24T20:30:00Z",
+        "report_start": "2026-10-24T20:30:00Z", "report_end": "2026-11-23T20:30:00Z", "meters": [], "totals": [{
+            "commodity": "electricity", "unit": "kWh", "actual": 61230.0, "expected": 66410.5, "saved": 5180.5,
+            "saved_pct": 7.8, "saved_rial": 1036100.0}]}]})
+
+    building: str
+    method: str = Field(description="how the baseline was built, and whether it is weather-normalized")
+    temperature_meter: str | None
+    baseline_start: UtcDatetime
+    baseline_end: UtcDatetime
+    report_start: UtcDatetime
+    report_end: UtcDatetime
+    meters: list[MeterSavingsOut]
+    totals: list[CommoditySavingsOut]

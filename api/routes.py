@@ -36,7 +36,7 @@ from api.series import (
     parse_bucket,
     resolve_range,
 )
-from bems.fleet import Building, Commodity, Fleet, Meter
+from bems.fleet import Building, Commodity, Fleet, Meter, MeterKind
 from bems.kpi import cumulative_field
 from bems.state import Alert, AlertStatus, AlertTransitionError, StateDB
 from bems.store import Agg, Store
@@ -150,7 +150,7 @@ def building_latest(building_id: BuildingId, who: CurrentPrincipal, fleet: Fleet
 @router.get("/meters", response_model=list[MeterOut], tags=["meters"])
 def list_meters(who: CurrentPrincipal, fleet: FleetDep, store: StoreDep, page: PagingDep,
                 building: Annotated[str | None, Query(max_length=64, description="only this building")] = None,
-                commodity: Annotated[Commodity | None, Query(description="only this commodity")] = None,
+                commodity: Annotated[MeterKind | None, Query(description="only this commodity")] = None,
                 ) -> list[MeterOut]:
     """Every meter this token may see, with status and completeness (total in ``X-Total-Count``)."""
     if building is not None:

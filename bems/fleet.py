@@ -17,6 +17,8 @@ from bems.wire import METER_ID, SLUG
 
 Commodity = Literal["electricity", "gas", "water"]
 COMMODITIES: tuple[Commodity, ...] = ("electricity", "gas", "water")
+MeterKind = Literal["electricity", "gas", "water", "weather"]  # weather: an outdoor temperature sensor
+TEMPERATURE_FIELD = "temperature_c"
 
 
 class _Strict(BaseModel):
@@ -31,6 +33,9 @@ class Building(_Strict):
     floor_area_m2: float = Field(gt=0)
     timezone: str = "Asia/Tehran"
     contracted_kw: float | None = Field(default=None, gt=0)
+    weather_meter: str | None = Field(default=None, pattern=METER_ID, description=(
+        "the outdoor temperature sensor for this building's baselines (any building's); default: the building's "
+        "own weather meter, if it has one"))
 
     @field_validator("timezone")
     @classmethod
@@ -112,7 +117,8 @@ def is_profile_file(name: str) -> bool:
 class Meter(_Strict):
     id: str = Field(pattern=METER_ID, description="<building>.<meter>")
     building: str = Field(pattern=SLUG)
-    commodity: Commodity
+    commodity: MeterKind = Field(description="what it meters; 'weather' for an outdoor temperature sensor, which "
+                                             "weather-normalizes the baselines of its building's meters")
     name: str | None = None
     edge: str | None = Field(default=None, description="defaults to the building's only edge")
     device: Device
@@ -122,6 +128,9 @@ class Meter(_Strict):
     def _id_prefix(self) -> Meter:
         if not self.id.startswith(self.building + "."):
             raise ValueError(f"meter id {self.id!r} must start with its building id {self.building!r} + '.'")
+        if self.commodity == "weather" and all(r.field != TEMPERATURE_FIELD for r in self.profile.registers):
+            raise ValueError(f"meter {self.id!r} is a weather sensor but profile {self.device.profile!r} maps no "
+                             f"{TEMPERATURE_FIELD} register; use outdoor_temp or a profile that does")
         return self
 
     @property
@@ -175,6 +184,11 @@ class Fleet(_Strict):
                 if edges[m.edge].building != m.building:
                     raise ValueError(f"meter {m.id!r}: edge {m.edge!r} serves building {edges[m.edge].building!r}, "
                                      f"not {m.building!r}")
+        kinds = {m.id: m.commodity for m in self.meters}
+        for b in self.buildings:
+            if b.weather_meter is not None and kinds.get(b.weather_meter) != "weather":
+                raise ValueError(f"building {b.id!r}: weather_meter {b.weather_meter!r} is not a meter with "
+                                 f"commodity 'weather' in this fleet")
         buses: dict[tuple[str, str], Meter] = {}
         addresses: dict[tuple[str, str, int], str] = {}
         for m in self.meters:
@@ -214,6 +228,14 @@ class Fleet(_Strict):
         own = [e for e in self.edges if e.building == edge.building]
         return [m for m in self.meters
                 if m.edge == edge_id or (m.edge is None and m.building == edge.building and len(own) == 1)]
+
+    def weather_meter(self, building: str) -> Meter | None:
+        """The temperature sensor that normalizes ``building``'s baselines, if any."""
+        chosen = self.building_by_id[building].weather_meter
+        if chosen is not None:
+            return self.meter_by_id[chosen]
+        own = self.meters_of(building=building, commodity="weather")
+        return own[0] if own else None
 
     def meters_of(self, building: str | None = None, commodity: str | None = None) -> list[Meter]:
         return [m for m in self.meters

@@ -196,8 +196,9 @@ class BuildingData:
 
 
 def cumulative_field(meter: Meter) -> str | None:
-    field = CUMULATIVE_FIELD[meter.commodity]
-    return field if any(r.field == field and r.cumulative for r in meter.profile.registers) else None
+    field = CUMULATIVE_FIELD.get(meter.commodity)
+    cumulative = field is not None and any(r.field == field and r.cumulative for r in meter.profile.registers)
+    return field if cumulative else None
 
 
 def read_hourly(store: Store, meters: Sequence[Meter], start: dt.datetime, end: dt.datetime,

@@ -46,7 +46,7 @@ PER_BUILDING = [("main-elec", "electricity", "sdm630", 600), ("hvac-elec", "elec
                 ("lighting-elec", "electricity", "em24", 90), ("annex-elec", "electricity", "sdm630", 120),
                 ("plant-elec", "electricity", "iem3000", 180), ("it-elec", "electricity", "em24", 60),
                 ("gas", "gas", "adam6050", None), ("water", "water", "adam6050", None),
-                ("garden-water", "water", "adam6050", None), ("outdoor", "water", "outdoor_temp", None)]
+                ("garden-water", "water", "adam6050", None), ("outdoor", "weather", "outdoor_temp", None)]
 PER_PORT = 100
 
 

@@ -41,6 +41,7 @@ ROUTES: dict[tuple[str, str], tuple[str, dict[str, str], dict[str, str] | str | 
     ("GET", "/api/v1/buildings/{building_id}/meters"): ("building", {}, None),
     ("GET", "/api/v1/buildings/{building_id}/latest"): ("building", {}, None),
     ("GET", "/api/v1/buildings/{building_id}/kpis"): ("building", {}, None),
+    ("GET", "/api/v1/buildings/{building_id}/savings"): ("building", {}, None),
     ("GET", "/api/v1/buildings/{building_id}/dashboard"): ("building", {"days": "7"}, None),
     ("GET", "/api/v1/meters"): ("any", {}, None),
     ("GET", "/api/v1/meters/{meter_id}"): ("meter", {}, None),

@@ -24,8 +24,25 @@ def test_checked_in_schema_matches_model() -> None:
 
 def test_demo_fleet_loads() -> None:
     fleet = load_fleet(ROOT / "bems/demo_fleet.yaml")
-    assert len(fleet.buildings) == 3 and len(fleet.meters) == 10
-    assert {m.commodity for m in fleet.meters} == {"electricity", "water", "gas"}
+    assert len(fleet.buildings) == 3 and len(fleet.meters) == 12
+    assert {m.commodity for m in fleet.meters} == {"electricity", "water", "gas", "weather"}
+    assert {b.id: fleet.weather_meter(b.id).id for b in fleet.buildings} == {
+        "tehran-moi-hq": "tehran-moi-hq.outdoor", "tehran-edu-office": "tehran-moi-hq.outdoor",
+        "mashhad-gov-office": "mashhad-gov-office.outdoor"}
+
+
+def test_weather_meter_needs_a_temperature_register(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text("buildings: [{id: a, name: A, city: T, floor_area_m2: 1, weather_meter: a.main}]\n"
+                    "meters: [{id: a.main, building: a, commodity: electricity, device: {profile: sdm630}},\n"
+                    "         {id: a.t, building: a, commodity: weather, device: {profile: sdm630, device_id: 2}}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_fleet(path)
+    assert "meter 'a.t' is a weather sensor but profile 'sdm630' maps no temperature_c register" in str(err.value)
+    path.write_text("buildings: [{id: a, name: A, city: T, floor_area_m2: 1, weather_meter: a.main}]\n"
+                    "meters: [{id: a.main, building: a, commodity: electricity, device: {profile: sdm630}}]\n")
+    with pytest.raises(ConfigError, match="weather_meter 'a.main' is not a meter with commodity 'weather'"):
+        load_fleet(path)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -33,7 +50,7 @@ def test_demo_fleet_loads() -> None:
      "buildings[0](id=a).colour: unknown key"),
     ("buildings: [{id: a, name: A, city: T, floor_area_m2: 1}]\n"
      "meters: [{id: a.m, building: a, commodity: steam, device: {profile: sdm630}}]",
-     "meters[0](id=a.m).commodity: Input should be 'electricity', 'gas' or 'water'"),
+     "meters[0](id=a.m).commodity: Input should be 'electricity', 'gas', 'water' or 'weather'"),
     ("buildings: [{id: a, name: A, city: T, floor_area_m2: 1}]\n"
      "meters: [{id: a.m, building: a, commodity: water, device: {profile: nope}}]",
      "unknown profile 'nope'; allowed: adam6050, em24, iem3000, outdoor_temp, sdm630"),

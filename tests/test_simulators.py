@@ -36,7 +36,7 @@ from tests.stages import StageProcess, wait_for, write_fleet
 TEHRAN = ZoneInfo("Asia/Tehran")
 MIXED = [("main-elec", "electricity", "sdm630", 400), ("hvac-elec", "electricity", "iem3000", 200),
          ("lighting-elec", "electricity", "em24", 80), ("gas", "gas", "adam6050", None),
-         ("water", "water", "adam6050", None), ("outdoor", "water", "outdoor_temp", None)]
+         ("water", "water", "adam6050", None), ("outdoor", "weather", "outdoor_temp", None)]
 
 
 def mixed_fleet(path: Path, ports: list[int] | None = None, per_port: int | None = None) -> Path:
