@@ -16,6 +16,7 @@ from analytics.delivery import Subscription, enqueue, load_subscriptions, publis
 from analytics.detectors import ANOMALY_TYPES, DetectorParams, detect, events, params_for
 from analytics.matrix import HOUR, QUARTER, CommodityMatrix, consumption_matrix
 from analytics.settings import AnalyticsSettings
+from analytics.tuning import Tuning, load_tuning
 from bems.calendar import OfficeCalendar, default_calendar
 from bems.fleet import COMMODITIES, Fleet, Meter, load_fleet
 from bems.mqtt import make_client
@@ -36,8 +37,11 @@ class PassResult:
 
 def detect_pass(store: Store, state: StateDB, fleet: Fleet, *, end: dt.datetime, lookback: dt.timedelta,
                 params: DetectorParams | None = None, calendar: OfficeCalendar | None = None,
-                tariffs: TariffBook | None = None) -> PassResult:
-    """One pass over every commodity; an event that continues from the last pass extends its alert."""
+                tariffs: TariffBook | None = None, tuning: Tuning | None = None) -> PassResult:
+    """One pass over every commodity; an event that continues from the last pass extends its alert.
+
+    ``tuning`` (per meter, building, commodity) wins over ``params``.
+    """
     calendar = calendar or default_calendar()
     tariffs = tariffs or default_tariffs()
     end = local_hour_floor(end, calendar.timezone)  # whole local hours only: the current one is not over
@@ -49,8 +53,8 @@ def detect_pass(store: Store, state: StateDB, fleet: Fleet, *, end: dt.datetime,
             continue
         meters = [fleet.meter_by_id[m] for m in cm.consumption.meters]
         rated = np.array([m.rated_kw or np.nan for m in meters], dtype=np.float32)  # kWh in one hour
-        det = detect(cm.consumption.values, masks=cm.masks, step_minutes=60,
-                     params=params_for([commodity] * len(meters), params),
+        tuned = tuning.params(meters) if tuning is not None else params_for([commodity] * len(meters), params)
+        det = detect(cm.consumption.values, masks=cm.masks, step_minutes=60, params=tuned,
                      rated_per_bucket=rated if commodity == "electricity" else None)
         price = _prices(tariffs, fleet, meters, cm.consumption.times, commodity)
         results += _record_events(state, cm, meters, det.kind, det.excess, det.score, price)
@@ -147,6 +151,7 @@ def _local(t: dt.datetime) -> str:
 
 async def run(settings: AnalyticsSettings) -> None:
     fleet = load_fleet(settings.fleet)
+    tuning = load_tuning(settings.tuning, fleet) if settings.tuning else None
     tariffs = load_tariffs(settings.tariffs) if settings.tariffs else default_tariffs()
     subscriptions = load_subscriptions(settings.subscriptions) if settings.subscriptions else []
     store = open_store(settings.store)
@@ -161,7 +166,8 @@ async def run(settings: AnalyticsSettings) -> None:
     try:
         while True:
             res = await asyncio.to_thread(detect_pass, store, state, fleet, end=dt.datetime.now(dt.UTC),
-                                          lookback=dt.timedelta(days=settings.lookback_days), tariffs=tariffs)
+                                          lookback=dt.timedelta(days=settings.lookback_days), tariffs=tariffs,
+                                          tuning=tuning)
             queued = 0
             for alert in res.new_alerts:
                 if mqtt is not None:

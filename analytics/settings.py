@@ -21,4 +21,6 @@ class AnalyticsSettings(StageSettings):
     broker: BrokerSettings | None = Field(None, description="publish new alerts on bems/v1/alerts/... here")
     subscriptions: Path | None = Field(None, description="utilities' webhook subscriptions (YAML)")
     tariffs: Path | None = Field(None, description="tariff book (YAML); default: the one shipped with bems")
+    tuning: Path | None = Field(None, description="detector thresholds per meter, building, commodity (YAML; "
+                                                  "analytics/tuning.py)")
     delivery_interval_s: float = Field(5, gt=0, description="seconds between webhook delivery rounds")

@@ -41,7 +41,7 @@ def test_weather_meter_needs_a_temperature_register(tmp_path: Path) -> None:
     assert "meter 'a.t' is a weather sensor but profile 'sdm630' maps no temperature_c register" in str(err.value)
     path.write_text("buildings: [{id: a, name: A, city: T, floor_area_m2: 1, weather_meter: a.main}]\n"
                     "meters: [{id: a.main, building: a, commodity: electricity, device: {profile: sdm630}}]\n")
-    with pytest.raises(ConfigError, match="weather_meter 'a.main' is not a meter with commodity 'weather'"):
+    with pytest.raises(ConfigError, match=r"weather_meter 'a\.main' is not a meter with commodity 'weather'"):
         load_fleet(path)
 
 
