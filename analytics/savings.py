@@ -37,8 +37,8 @@ class MeterSavings:
     meets_guideline14: bool
     report_hours: int  # hours of the reporting period with an actual value (and a temperature, if used)
     actual: float
-    expected: float  # the baseline model's consumption over the same hours
-    saved: float  # expected - actual; negative is excess
+    expected: float | None  # the baseline model's consumption over the same hours; None: too little baseline
+    saved: float | None  # expected - actual; negative is excess
     saved_rial: float | None  # electricity, through the building's time-of-use tariff hour by hour
 
 
@@ -109,13 +109,14 @@ def measure(store: Store, fleet: Fleet, building: str, meters: list[Meter], base
         rial = (np.where(valid, expected - y_rep, 0.0) * price[None, :]).sum(axis=1)
         fits = model.meets_guideline14(hourly=True)
         for i, m in enumerate(metered):
-            enough = int(model.n[i]) >= MIN_BASELINE_HOURS
+            enough = int(model.n[i]) >= MIN_BASELINE_HOURS  # else no model to claim savings from
             out.append(MeterSavings(
                 meter=m.id, commodity=m.commodity, baseline_hours=int(model.n[i]),
                 cv_rmse=_finite(model.cv_rmse[i]) if enough else None, nmbe=_finite(model.nmbe[i]) if enough else None,
                 meets_guideline14=bool(fits[i]) and enough, report_hours=int(valid[i].sum()),
-                actual=float(actual[i]), expected=float(exp_total[i]), saved=float(exp_total[i] - actual[i]),
-                saved_rial=float(rial[i]) if m.commodity == "electricity" else None))
+                actual=float(actual[i]), expected=float(exp_total[i]) if enough else None,
+                saved=float(exp_total[i] - actual[i]) if enough else None,
+                saved_rial=float(rial[i]) if enough and m.commodity == "electricity" else None))
     return SavingsReport(building=building, method=method, temperature_meter=sensor.id if use_temp else None,
                          baseline=baseline, report=report, meters=out)
 

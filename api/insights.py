@@ -136,6 +136,8 @@ def page_payload(b: Building, fleet: Fleet, who: Principal, store: Store, calend
 async def get_savings(building_id: BuildingId, who: CurrentPrincipal, fleet: FleetDep, store: StoreDep,
                       calendar: CalendarDep, tariffs: TariffsDep, cache: CacheDep, start: Start = None,
                       end: End = None,
+                      days: Annotated[int, Query(ge=1, le=366, description=(
+                          "without start: the reporting period is the last `days` whole local days"))] = 30,
                       baseline_weeks: Annotated[int, Query(ge=2, le=52, description=(
                           "length of the baseline period, in weeks just before the reporting period"))] = 12,
                       ) -> Response:
@@ -143,7 +145,7 @@ async def get_savings(building_id: BuildingId, who: CurrentPrincipal, fleet: Fle
     (time of week + outdoor temperature, fitted on the ``baseline_weeks`` before), with the Guideline 14
     statistics of each fit and the electricity savings in rial through the time-of-use tariff."""
     b = building_for(who, fleet, building_id)
-    t0, t1 = period(start, end, b.timezone)
+    t0, t1 = period(start, end, b.timezone, days)
     base = (t0 - dt.timedelta(weeks=baseline_weeks), t0)
     meters = _visible(who, fleet, b.id)
 
@@ -160,12 +162,15 @@ def savings_out(report: SavingsReport, tariffs: TariffBook) -> SavingsOut:
 
     totals = []
     for commodity in sorted({m.commodity for m in report.meters}):
-        rows = [m for m in report.meters if m.commodity == commodity]
-        actual, expected = sum(m.actual for m in rows), sum(m.expected for m in rows)
+        rows = [m for m in report.meters if m.commodity == commodity and m.expected is not None]
+        if not rows:
+            continue  # no meter of this commodity has enough baseline to claim anything
+        actual, expected = sum(m.actual for m in rows), sum(m.expected or 0.0 for m in rows)
         rial = [m.saved_rial for m in rows if m.saved_rial is not None]
         totals.append(CommoditySavingsOut(
-            commodity=commodity, unit=tariffs.commodities[commodity].unit, actual=actual, expected=expected,
-            saved=expected - actual, saved_pct=round(100 * (expected - actual) / expected, 2) if expected else None,
+            commodity=commodity, unit=tariffs.commodities[commodity].unit, meters=len(rows), actual=actual,
+            expected=expected, saved=expected - actual,
+            saved_pct=round(100 * (expected - actual) / expected, 2) if expected else None,
             saved_rial=sum(rial) if rial else None))
     return SavingsOut(
         building=report.building, method=report.method, temperature_meter=report.temperature_meter,

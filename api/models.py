@@ -234,14 +234,18 @@ class MeterSavingsOut(BaseModel):
     meets_guideline14: bool = Field(description="hourly model: CV(RMSE) <= 30 % on at least 14 days of data")
     report_hours: int
     actual: float = Field(description="consumption over the modelled hours of the reporting period")
-    expected: float = Field(description="what the baseline model expects over the same hours and weather")
-    saved: float = Field(description="expected - actual; negative is excess")
+    expected: float | None = Field(description="what the baseline model expects over the same hours and weather; "
+                                               "null when the baseline period holds under 14 days of data")
+    saved: float | None = Field(description="expected - actual; negative is excess")
     saved_rial: float | None = Field(description="electricity: the hourly savings through the time-of-use tariff")
 
 
 class CommoditySavingsOut(BaseModel):
+    """Sums over the meters of the commodity that have a baseline model."""
+
     commodity: str
     unit: str
+    meters: int
     actual: float
     expected: float
     saved: float
@@ -255,8 +259,8 @@ class SavingsOut(BaseModel):
         "(TOWT), least squares per meter", "temperature_meter": "tehran-moi-hq.outdoor",
         "baseline_start": "2026-08-01T20:30:00Z", "baseline_end": "2026-10-24T20:30:00Z",
         "report_start": "2026-10-24T20:30:00Z", "report_end": "2026-11-23T20:30:00Z", "meters": [], "totals": [{
-            "commodity": "electricity", "unit": "kWh", "actual": 61230.0, "expected": 66410.5, "saved": 5180.5,
-            "saved_pct": 7.8, "saved_rial": 1036100.0}]}]})
+            "commodity": "electricity", "unit": "kWh", "meters": 3, "actual": 61230.0, "expected": 66410.5,
+            "saved": 5180.5, "saved_pct": 7.8, "saved_rial": 1036100.0}]}]})
 
     building: str
     method: str = Field(description="how the baseline was built, and whether it is weather-normalized")

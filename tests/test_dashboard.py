@@ -103,7 +103,10 @@ def test_login_building_live_update_ack_and_language(page: Page, stack: Stack) -
     assert page.locator("#live-chart canvas").count() == 1
     assert page.locator("#heatmap td.hm").count() == 7 * 24
     assert page.locator("#tou tbody tr").count() == 3
-    assert page.locator("#meters tbody tr").count() == 4
+    assert page.locator("#meters tbody tr").count() == 5  # with the outdoor temperature sensor
+    # savings of the last week against the weather-normalized baseline of the four before
+    page.wait_for_function("() => document.querySelectorAll('#savings tbody tr th').length >= 2", timeout=20_000)
+    assert "tehran-moi-hq.outdoor" in page.inner_text("#savings-note")
     kpi_text = page.inner_text("#kpis")
     assert re.search("[۰-۹]", kpi_text), "numbers are in Persian digits"
     page.wait_for_selector("#stream-state.ok")

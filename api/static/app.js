@@ -36,6 +36,10 @@
       comment_label: "یادداشت برای هشدار", send: "ثبت", no_alerts: "هشداری نیست", of_total: "از",
       export_csv: "خروجی CSV", export_xlsx: "خروجی Excel",
       c_electricity: "برق", c_gas: "گاز", c_water: "آب", c_weather: "دمای هوا",
+      savings_title: "صرفه‌جویی ۷ روز اخیر در برابر خط مبنای تعدیل‌شده با آب‌وهوا (۴ هفته پیش از آن)", sv_commodity: "حامل",
+      sv_actual: "مصرف", sv_expected: "مورد انتظار", sv_saved: "صرفه‌جویی", sv_rial: "ریال",
+      sv_weather: "خط مبنا: ساعت هفته و دمای بیرون از ", sv_blind: "خط مبنا فقط بر پایه ساعت هفته (حسگر دما ندارد)",
+      sv_g14: "مدل‌های منطبق با ASHRAE Guideline 14: ", sv_none: "هنوز داده کافی برای خط مبنا نیست (دست‌کم ۱۴ روز)",
       b_low: "کم‌باری", b_mid: "میان‌باری", b_peak: "اوج‌بار",
       m_online: "برخط", m_stale: "کهنه", m_offline: "قطع", m_never: "بدون داده",
       k_eui: "شدت مصرف انرژی", k_eui_unit: "kWh/m² (سالانه: ", k_after: "خارج از ساعت اداری",
@@ -77,6 +81,11 @@
       comment_label: "Comment on the alert", send: "Add", no_alerts: "No alerts", of_total: "of",
       export_csv: "Export CSV", export_xlsx: "Export Excel",
       c_electricity: "Electricity", c_gas: "Gas", c_water: "Water", c_weather: "Outdoor temperature",
+      savings_title: "Last 7 days against the weather-normalized baseline of the 4 weeks before", sv_commodity: "Commodity",
+      sv_actual: "Used", sv_expected: "Expected", sv_saved: "Saved", sv_rial: "Rial",
+      sv_weather: "Baseline: hour of the week and outdoor temperature from ",
+      sv_blind: "Baseline: hour of the week only (no temperature sensor)",
+      sv_g14: "Models meeting ASHRAE Guideline 14: ", sv_none: "Not enough data for a baseline yet (14 days at least)",
       b_low: "Low", b_mid: "Mid", b_peak: "Peak",
       m_online: "online", m_stale: "stale", m_offline: "offline", m_never: "no data",
       k_eui: "Energy use intensity", k_eui_unit: "kWh/m² (annualized: ", k_after: "After hours",
@@ -309,6 +318,7 @@
     renderTou(page.kpis);
     renderPeak(page.kpis.peak);
     renderMeters(meters);
+    api("/buildings/" + encodeURIComponent(id) + "/savings?days=7&baseline_weeks=4").then(renderSavings).catch(fail);
     if (changed || !state.stream) await startLive(id);
     else drawLive();
   }
@@ -358,6 +368,29 @@
       return tr;
     });
     document.querySelector("#tou tbody").replaceChildren(...rows);
+  }
+
+  function renderSavings(s) {
+    if (!state.view || state.view.id !== s.building) return;
+    const rows = s.totals.map((c) => {
+      const tr = el("tr");
+      tr.append(el("th", t("c_" + c.commodity), { scope: "row" }),
+                el("td", fmtNumber(c.actual, 0) + " " + c.unit, { class: "num" }),
+                el("td", fmtNumber(c.expected, 0) + " " + c.unit, { class: "num" }),
+                el("td", fmtNumber(c.saved, 0) + " " + c.unit + " (" + fmtSignedPct(c.saved_pct) + ")",
+                   { class: "num " + (c.saved < 0 ? "worse" : "better") }),
+                el("td", c.saved_rial === null ? "–" : fmtNumber(c.saved_rial, 0), { class: "num" }));
+      return tr;
+    });
+    if (!rows.length) {
+      const tr = el("tr");
+      tr.append(el("td", t("sv_none"), { colspan: "5", class: "muted" }));
+      rows.push(tr);
+    }
+    document.querySelector("#savings tbody").replaceChildren(...rows);
+    const good = s.meters.filter((m) => m.meets_guideline14).length;
+    $("savings-note").textContent = (s.temperature_meter ? t("sv_weather") + s.temperature_meter : t("sv_blind")) +
+      " · " + t("sv_g14") + fmtNumber(good, 0) + "/" + fmtNumber(s.meters.length, 0);
   }
 
   function renderPeak(p) {
