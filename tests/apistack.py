@@ -107,7 +107,9 @@ def make_alerts(state: StateDB, now: dt.datetime) -> list[int]:
     return ids
 
 
-def start_stack(tmp: Path, history_days: float = 35, live: bool = True, cache_ttl_s: float = 30.0) -> Stack:
+def start_stack(tmp: Path, history_days: float = 35, live: bool = True, cache_ttl_s: float = 30.0,
+                **api: object) -> Stack:
+    """``api`` are more ApiSettings (``cors_origins``, ``auth_fail_limit``, ...)."""
     fleet = load_fleet(DEMO_FLEET)
     store = open_store(f"sqlite:///{tmp}/readings.db")
     state = StateDB(f"sqlite:///{tmp}/state.db")
@@ -124,7 +126,7 @@ def start_stack(tmp: Path, history_days: float = 35, live: bool = True, cache_tt
     alerts = make_alerts(state, now)
     writer = LiveWriter(model, store, last_counters(history)) if live else None
     settings = ApiSettings.model_construct(fleet=DEMO_FLEET, cache_ttl_s=cache_ttl_s, stream_poll_s=0.5,
-                                           max_streams=50)
+                                           max_streams=50, **api)
     app = create_app(settings, fleet=fleet, store=store, state=state)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
