@@ -674,8 +674,9 @@
     flagged.forEach((f, i) => {
       if (!f) return;
       const names = (flags[i] || []).map((name) => t("f_" + name)).join(sep);
-      items.push(el("li", fmtDateTime(s.times[i]) + " — " + names + " (" + fmtNumber(s.flagged[i]) + " " +
-                    t(s.flagged[i] === 1 ? "reading_one" : "readings") + ")", { "data-bucket": s.times[i], "data-flags": (flags[i] || []).join(",") }));
+      const count = fmtNumber(s.flagged[i]) + " " + t(s.flagged[i] === 1 ? "reading_one" : "readings");
+      items.push(el("li", fmtDateTime(s.times[i]) + " — " + names + " (" + count + ")",
+                    { "data-bucket": s.times[i], "data-flags": (flags[i] || []).join(",") }));
     });
     const shown = items.slice(-MAX_FLAG_ITEMS);
     if (items.length > shown.length) shown.unshift(el("li", t("flags_more") + fmtNumber(items.length - shown.length)));
