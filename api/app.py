@@ -16,13 +16,16 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import exports, insights, ops, routes, stream
 from api.cache import PayloadCache
 from api.ops import ApiMetrics, MetricsMiddleware
+from api.ratelimit import FailedAuthLimiter
 from api.settings import ApiSettings
 from bems.calendar import OfficeCalendar, default_calendar, load_calendar
 from bems.errors import ConfigError, StoreError
@@ -43,20 +46,44 @@ days) and a request past a limit gets a 422 whose `detail[0].loc` names the para
 limit. Times are UTC ISO 8601 with an offset.
 """
 STATIC_DIR = Path(__file__).parent / "static"
+# scripts only from our own files (no inline script, no eval), nothing from another origin, never framed
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-                               "img-src 'self' data:; connect-src 'self'",
+                               "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+                               "form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
 }
+CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID"]
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every response (dashboard, docs, API, errors) that does not set its own."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for key, value in SECURITY_HEADERS.items():
+                    headers.setdefault(key, value)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class DashboardFiles(StaticFiles):
-    """Static files with the security headers; revalidated on each load so an upgrade shows at once."""
+    """Static files revalidated on each load so an upgrade shows at once."""
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
-        response.headers.update(SECURITY_HEADERS)
         response.headers.setdefault("Cache-Control", "no-cache")
         return response
 
@@ -78,9 +105,7 @@ async def _api_not_found(request: Request) -> JSONResponse:
 
 
 def _docs(_request: Request) -> Response:
-    response = FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
-    response.headers.update(SECURITY_HEADERS)
-    return response
+    return FileResponse(STATIC_DIR / "docs.html", media_type="text/html")
 
 
 def create_app(settings: ApiSettings | None = None, fleet: Fleet | None = None, store: Store | None = None,
@@ -124,7 +149,13 @@ def create_app(settings: ApiSettings | None = None, fleet: Fleet | None = None, 
     app.state.bems_tariff_override = None  # (recheck at, book in force, latest override row), see api.deps
     app.add_exception_handler(StoreError, _store_error)
     app.add_exception_handler(Exception, _server_error)
+    app.state.bems_auth_limiter = FailedAuthLimiter(config.auth_fail_limit, config.auth_fail_window_s)
     app.add_middleware(MetricsMiddleware, metrics=app.state.bems_metrics)
+    if config.cors_origins:  # closed unless listed: no Access-Control-* header at all by default
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_credentials=False,
+                           allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=CORS_HEADERS,
+                           expose_headers=["X-Total-Count", "Retry-After"], max_age=600)
+    app.add_middleware(SecurityHeaders)
     for module in (routes, insights, stream, exports, ops):
         app.include_router(module.router)
     app.add_route("/docs", _docs, include_in_schema=False)

@@ -2,7 +2,8 @@
 
 Roles: ``admin`` sees everything; ``facility_manager`` sees the buildings in its scope; ``utility`` sees
 the commodities in its scope, in every building or, with regions, in the buildings of those cities.
-An unknown role sees nothing.
+An unknown role sees nothing. A client address that sends too many invalid tokens gets 429 for a while
+(api.ratelimit); a missing token is not counted, a valid one is never refused for another address's failures.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.ratelimit import FailedAuthLimiter
 from bems.fleet import Building, Fleet, Meter
 from bems.state import StateDB
 
@@ -75,6 +77,11 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def _too_many(seconds: int) -> HTTPException:
+    return HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(seconds)},
+                         detail=f"too many invalid tokens from this address; retry in {seconds} s")
+
+
 def forbidden(what: str) -> HTTPException:
     return HTTPException(status.HTTP_403_FORBIDDEN, detail=f"{what} is outside this token's scope")
 
@@ -83,9 +90,14 @@ def principal(request: Request,
               creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer" or not creds.credentials:
         raise _unauthorized("missing bearer token: send Authorization: Bearer <token>")
+    limiter: FailedAuthLimiter = request.app.state.bems_auth_limiter
+    client = request.client.host if request.client else "unknown"
+    if (wait := limiter.retry_after(client)) is not None:
+        raise _too_many(wait)  # before the check, so a locked-out address learns nothing from its guesses
     state: StateDB = request.app.state.bems_state
     token = state.check_token(creds.credentials)
     if token is None:
+        limiter.failed(client)
         raise _unauthorized("invalid or revoked token")
     scope = frozenset(s.strip() for s in token.scope.split(",") if s.strip())
     regions = {r.strip().casefold() for r in (token.regions or "").split(",") if r.strip()}

@@ -81,7 +81,8 @@ class SeriesOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "meter": "tehran-moi-hq.main-elec", "field": "power_w", "mode": "aggregate", "agg": "mean", "bucket": "1h",
         "bucket_s": 3600, "start": "2026-11-21T00:00:00Z", "end": "2026-11-21T02:00:00Z",
-        "times": ["2026-11-21T00:00:00Z", "2026-11-21T01:00:00Z"], "values": [41250.0, None], "counts": None}]})
+        "times": ["2026-11-21T00:00:00Z", "2026-11-21T01:00:00Z"], "values": [41250.0, None], "counts": [240, 0],
+        "flagged": [1, 0], "flags": [["negative_delta"], []]}]})
 
     meter: str
     field: str = Field(description="canonical field name; the unit is in the name (power_w, energy_kwh)")
@@ -94,6 +95,11 @@ class SeriesOut(BaseModel):
     times: list[str] = Field(description="bucket starts, ISO 8601 UTC")
     values: list[float | None] = Field(description="one value per bucket; null where a bucket has no data")
     counts: list[int] | None = Field(None, description="readings per bucket (with counts=true): 0 is a gap")
+    flagged: list[int] | None = Field(None, description="readings per bucket with a quality flag or a quality "
+                                                        "other than good (with counts=true)")
+    flags: list[list[str]] | None = Field(None, description="per bucket, the flags of its flagged readings "
+                                                            "(with counts=true): rollover, reset, negative_delta "
+                                                            "(cumulative registers), uncertain, bad (quality)")
 
 
 class AlertOut(BaseModel):

@@ -6,6 +6,7 @@ Each one takes the caller's principal and asks it before reading anything. Lists
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from typing import Annotated, Literal
@@ -29,6 +30,7 @@ from api.models import (
 )
 from api.series import (
     check_budget,
+    flag_buckets,
     format_bucket,
     invalid,
     iso_times,
@@ -179,7 +181,8 @@ def meter_series(
     agg: Annotated[Agg, Query(description="aggregate per bucket (aggregate mode)")] = "mean",
     mode: Annotated[Literal["aggregate", "consumption"],
                     Query(description="consumption: per-bucket rise of a cumulative register")] = "aggregate",
-    counts: Annotated[bool, Query(description="also return readings per bucket, to show gaps")] = False,
+    counts: Annotated[bool, Query(description="also return readings per bucket (gaps) and flagged readings "
+                                              "per bucket with their flags")] = False,
 ) -> SeriesOut:
     """At most 5000 buckets per request, so one call cannot pin the store (more gets a 422 naming the limit)."""
     meter = meter_for(who, fleet, meter_id)
@@ -197,13 +200,16 @@ def meter_series(
         matrix = store.read_consumption([meter_id], field, t0, t1, width)
     else:
         matrix = store.read_matrix([meter_id], field, t0, t1, width, agg)
-    n = None
+    n = flagged = flags = None
     if counts:
         c = store.read_matrix([meter_id], field, t0, t1, width, "count").row(meter_id)
         n = np.nan_to_num(c).astype(np.int64).tolist()
+        with contextlib.suppress(NotImplementedError):  # a store without raw points has counts only
+            flagged, flags = flag_buckets(store.points(meter_id, field, t0, t1), t0, width, len(n))
     return SeriesOut(meter=meter_id, field=field, mode=mode, agg=agg if mode == "aggregate" else None,
                      bucket=format_bucket(width), bucket_s=int(width.total_seconds()), start=t0, end=t1,
-                     times=iso_times(matrix), values=json_values(matrix.row(meter_id)), counts=n)
+                     times=iso_times(matrix), values=json_values(matrix.row(meter_id)), counts=n,
+                     flagged=flagged, flags=flags)
 
 
 # alerts -----------------------------------------------------------------------------------------------------

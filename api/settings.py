@@ -1,18 +1,19 @@
 """API settings (environment ``BEMS_API_...`` or command-line flags).
 
 Database URLs with a password belong in the environment (``BEMS_API_DB``), not on the command line. A URL
-whose password is a placeholder (``changeme``, ``secret``, ...) is refused at start, naming the setting.
+whose password is a placeholder (``changeme``, ``secret``, ...) is refused at start, naming the setting, and so is
+an InfluxDB 2.x store without a real ``INFLUXDB_V2_TOKEN``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from bems.settings import PLACEHOLDER_SECRETS, StageSettings
+from bems.settings import INFLUX_TOKEN_ENV, StageSettings, influx_token_problem
 
 
 class ApiSettings(StageSettings):
@@ -31,11 +32,25 @@ class ApiSettings(StageSettings):
     stream_poll_s: float = Field(1.0, ge=0.1, le=60, description="seconds between store polls of a live stream")
     max_streams: int = Field(200, ge=1, le=100_000, description="live streams served at once (more get 503)")
 
+    auth_fail_limit: int = Field(10, ge=1, le=10_000,
+                                 description="failed token checks from one client address before it gets 429")
+    auth_fail_window_s: float = Field(60.0, gt=0, le=86_400,
+                                      description="seconds over which failed token checks are counted")
+    cors_origins: list[str] = Field([], description="origins allowed to call the API from a browser (CORS), e.g. "
+                                                    '["https://energy.example.ir"]; empty: no CORS headers at all')
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+                raise ValueError(f"cors origin {origin!r} must be scheme://host[:port] like https://energy.example.ir"
+                                 " (no wildcard, no path)")
+        return [o.rstrip("/") for o in origins]
+
     @model_validator(mode="after")
-    def _no_placeholder_passwords(self) -> ApiSettings:
-        for name in ("store", "db"):
-            password = urlsplit(getattr(self, name)).password
-            if password is not None and unquote(password).lower() in PLACEHOLDER_SECRETS:
-                raise ValueError(f"the password in {name} (BEMS_API_{name.upper()}) is a placeholder; "
-                                 f"set a real secret")
+    def _influx_token(self) -> ApiSettings:
+        if problem := influx_token_problem(self.store, None, INFLUX_TOKEN_ENV):
+            raise ValueError(problem)
         return self

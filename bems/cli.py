@@ -33,6 +33,16 @@ def _split(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
+def _cli_actor() -> str:
+    """Who ran ``bems users``, for the audit log: the operating-system account (tokens have no session here)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"[:64]
+    except (KeyError, OSError):  # no passwd entry (a container with an arbitrary uid)
+        return "cli"
+
+
 def _users(args: argparse.Namespace) -> int:
     """Tokens are created here, never by the API: the plain token is printed once and only its hash is kept."""
     from bems.state import StateDB
@@ -54,10 +64,10 @@ def _users(args: argparse.Namespace) -> int:
     db = StateDB(args.db)
     try:
         if args.action == "create":
-            token = db.create_token(args.name, args.role, scope, regions)
+            token = db.create_token(args.name, args.role, scope, regions, actor=_cli_actor())
             print(f"token for {args.name} ({args.role}); shown once, store it now:\n{token}")
         elif args.action == "revoke":
-            if not db.revoke_token(args.name):
+            if not db.revoke_token(args.name, actor=_cli_actor()):
                 raise BemsError(f"no active token named {args.name!r}")
             print(f"revoked {args.name}")
         else:

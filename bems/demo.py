@@ -140,7 +140,7 @@ class Demo:
               + (f" (writing {o.history_days:g} days of history first)" if backfill else ""))
         self._stage("simulators", "simulators", "--config", fleet, *backfill)
         self._stage("collector", "collector", "--config", fleet, "--broker", broker_url, "--store", store,
-                    "--client-id", "bems-demo-collector",
+                    "--client-id", "bems-demo-collector", *([] if creds else ["--allow-anonymous-broker"]),
                     env={f"BEMS_COLLECTOR_BROKER__{k}": v for k, v in creds.items()})
         wait_port(o.modbus_port, 180)
         for edge in yaml.safe_load(Path(fleet).read_text(encoding="utf-8"))["edges"]:

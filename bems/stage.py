@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from pydantic import SecretStr, ValidationError
 
 from bems.errors import BemsError, ConfigError
-from bems.settings import StageSettings
+from bems.settings import StageSettings, secret_values
 from bems.validation import format_validation_error
 
 S = TypeVar("S", bound=StageSettings)
@@ -69,9 +69,38 @@ def setup(settings_cls: type[S], argv: Sequence[str] | None, prog: str, descript
 
 
 
-def configure_logging(level: str) -> None:
+class RedactSecrets(logging.Filter):
+    """Replaces the settings' secrets in every record that reaches the handlers: a library logging a URL or a
+    header at DEBUG cannot print a password or token, whatever module wrote the line."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def _clean(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        record.msg, record.args = self._clean(message), None
+        if record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
+        return True
+
+
+def configure_logging(level: str, secrets: Sequence[str] = ()) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if secrets:
+        redact = RedactSecrets(secrets)
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(redact)
     for noisy in ("pymodbus", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level.upper() != "DEBUG" else logging.INFO)
 
@@ -84,7 +113,7 @@ def main(settings_cls: type[S], run: Callable[[S], Awaitable[None]], argv: Seque
     except BemsError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, secret_values(settings))
     try:
         asyncio.run(_until_signal(run(settings)))
     except BemsError as exc:

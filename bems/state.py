@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -315,10 +316,10 @@ class StateDB:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
 
-    def set_alert_status(self, alert_id: int, status: AlertStatus, actor: str | None = None) -> Alert | None:
+    def set_alert_status(self, alert_id: int, status: AlertStatus, *, actor: str) -> Alert | None:
         """Move an alert along open -> acknowledged -> resolved; resolved is final (AlertTransitionError).
 
-        With an ``actor`` the change is written to the audit log in the same transaction.
+        The change is written to the audit log, naming ``actor``, in the same transaction.
         """
         with self.session() as s:
             alert = s.get(Alert, alert_id)
@@ -329,8 +330,7 @@ class StateDB:
             before = alert.status
             alert.status = status
             alert.updated_at = dt.datetime.now(dt.UTC)
-            if actor is not None:
-                _audit(s, actor, f"alert.{status}", f"alert:{alert_id}", f"{before} -> {status}")
+            _audit(s, actor, f"alert.{status}", f"alert:{alert_id}", f"{before} -> {status}")
             return alert
 
     # comments and audit ----------------------------------------------------------------------------
@@ -385,7 +385,12 @@ class StateDB:
             return s.scalar(select(TariffOverride).order_by(TariffOverride.id.desc()).limit(1))
 
 
+TOKEN_TEXT = re.compile(r"bems_[A-Za-z0-9_-]{20,}")
+
+
 def _audit(s: Session, actor: str, action: str, target: str, detail: str) -> None:
+    """One audit row; anything shaped like an API token (a comment quoting one) is masked before it is kept."""
+    target, detail = TOKEN_TEXT.sub("bems_***", target), TOKEN_TEXT.sub("bems_***", detail)
     s.add(AuditEntry(at=dt.datetime.now(dt.UTC), actor=actor, action=action, target=target, detail=detail))
 
 

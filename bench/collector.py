@@ -132,8 +132,9 @@ def collector_drain(broker: Mosquitto, fleet_path: Path, store_url: str, data_di
                     messages: list[tuple[str, bytes]]) -> tuple[float, float, float]:
     """Readings/s the collector drains from its queued session into the store, the stored count, and how much
     the process's resident memory grew while it did (MB)."""
-    settings = CollectorSettings(fleet=fleet_path, broker={"url": broker.url}, client_id="bench-collector",
-                                 store=store_url, data_dir=data_dir, receive_maximum=RECEIVE_MAXIMUM)
+    settings = CollectorSettings(fleet=fleet_path, broker={"url": broker.url}, allow_anonymous_broker=True,
+                                 client_id="bench-collector", store=store_url, data_dir=data_dir,
+                                 receive_maximum=RECEIVE_MAXIMUM)
     fleet = load_fleet(fleet_path)
     with open_store(store_url) as store:
         first = Collector(settings, fleet, store)

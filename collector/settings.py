@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from bems.settings import BrokerSettings, StageSettings
+from bems.settings import BrokerSettings, StageSettings, influx_token_problem
 
 WEEK_S = 7 * 24 * 3600
 
@@ -42,6 +42,17 @@ class CollectorSettings(StageSettings):
                                                                      "into 30-minute aggregates (kept) and deleted")
     maintenance_interval_s: float = Field(600.0, gt=0, description="period of rollups and retention")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics here")
+    allow_anonymous_broker: bool = Field(False, description="connect without broker credentials (tests, demo)")
+
+    @model_validator(mode="after")
+    def _secrets_present(self) -> CollectorSettings:
+        problem = influx_token_problem(self.store, self.influx_token, "BEMS_COLLECTOR_INFLUX_TOKEN")
+        if problem is None and not self.allow_anonymous_broker:
+            problem = self.broker.credentials_problem("BEMS_COLLECTOR_BROKER__",
+                                                      "BEMS_COLLECTOR_ALLOW_ANONYMOUS_BROKER")
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _window_holds_a_batch(self) -> CollectorSettings:

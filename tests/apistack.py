@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from bems.services import free_port
 from bems.state import StateDB
 from bems.store import Store, open_store
 from bems.wire import Reading
+from simulators.faults import Fault
 from simulators.history import backfill, floor_time, last_counters
 from simulators.model import FleetModel, fleet_model
 
@@ -107,11 +109,15 @@ def make_alerts(state: StateDB, now: dt.datetime) -> list[int]:
     return ids
 
 
-def start_stack(tmp: Path, history_days: float = 35, live: bool = True, cache_ttl_s: float = 30.0) -> Stack:
+def start_stack(tmp: Path, history_days: float = 35, live: bool = True, cache_ttl_s: float = 30.0,
+                faults: Sequence[Fault] = (), **api: object) -> Stack:
+    """``faults`` shape the simulated history (a ``comm_loss`` leaves a gap); ``api`` are more ApiSettings
+    (``cors_origins``, ``auth_fail_limit``, ...)."""
     fleet = load_fleet(DEMO_FLEET)
     store = open_store(f"sqlite:///{tmp}/readings.db")
     state = StateDB(f"sqlite:///{tmp}/state.db")
     model = fleet_model(fleet, seed=3)
+    model.faults.extend(faults)
     now = dt.datetime.now(dt.UTC)
     history = backfill(model, store, floor_time(now - dt.timedelta(days=history_days), STEP), floor_time(now, STEP))
     tokens = {
@@ -124,7 +130,7 @@ def start_stack(tmp: Path, history_days: float = 35, live: bool = True, cache_tt
     alerts = make_alerts(state, now)
     writer = LiveWriter(model, store, last_counters(history)) if live else None
     settings = ApiSettings.model_construct(fleet=DEMO_FLEET, cache_ttl_s=cache_ttl_s, stream_poll_s=0.5,
-                                           max_streams=50)
+                                           max_streams=50, **api)
     app = create_app(settings, fleet=fleet, store=store, state=state)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",

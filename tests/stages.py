@@ -20,6 +20,9 @@ from bems.services import free_port
 from simulators.model import FleetModel, fleet_model
 from simulators.server import MeterServer
 
+# the test brokers (tests/conftest.py) allow anonymous clients; production collectors must log in
+TEST_ENV = {"BEMS_COLLECTOR_ALLOW_ANONYMOUS_BROKER": "true"}
+
 
 class StageProcess:
     """``python -m <module> args`` with its output in a log file; stop() sends SIGTERM like a supervisor."""
@@ -28,7 +31,7 @@ class StageProcess:
         self.log = log
         self._fh = log.open("wb")
         self.proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=self._fh,
-                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+                                     stderr=subprocess.STDOUT, env={**os.environ, **TEST_ENV, **(env or {})})
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

@@ -25,6 +25,7 @@ from starlette.routing import BaseRoute
 import api
 import bems
 from api.app import SECURITY_HEADERS, STATIC_DIR, create_app, run
+from api.ratelimit import FailedAuthLimiter
 from api.series import MAX_BUCKETS
 from api.settings import ApiSettings
 from bems.fleet import Fleet, load_fleet
@@ -117,6 +118,8 @@ def _api_routes(env: Env) -> list[tuple[str, str]]:
 def test_every_route_but_health_needs_a_valid_token(env: Env) -> None:
     routes = _api_routes(env)
     assert len(routes) >= 9
+    # one wrong token per route is more than the lockout allows (tests/test_api_hardening.py covers that)
+    env.client.app.state.bems_auth_limiter = FailedAuthLimiter(len(routes) * 3, 60)
     for method, path in routes:
         for headers in ({}, {"Authorization": "Bearer bems_wrong"},
                         {"Authorization": f"Basic {env.tokens['admin']}"}):
@@ -215,6 +218,27 @@ def test_series_consumption_mode_uses_register_deltas(env: Env) -> None:
                    start=(T0 + H).isoformat(), end=(T0 + 3 * H).isoformat()).json()
     assert (body["field"], body["mode"], body["agg"]) == ("energy_kwh", "consumption", None)
     assert body["values"] == [pytest.approx(10.0), pytest.approx(10.0)]
+
+
+def test_series_counts_show_flagged_readings_and_gaps_per_bucket(env: Env) -> None:
+    """Flags as the collector sets them (its counter tracker), a reading the edge marked uncertain, a silent hour."""
+    from collector.quality import CounterTracker
+
+    m = dt.timedelta(minutes=10)
+    volumes = [500.0, 500.4, 500.9, 497.0, 497.5, 498.1]  # hour 0: the counter drops once (a misread)
+    rs = [reading(HQ_WATER, T0 + i * m, i, volume_m3=v) for i, v in enumerate(volumes)]
+    rs += [reading(HQ_WATER, T0 + 2 * H + i * m, 10 + i, volume_m3=499.0 + i) for i in range(3)]  # hour 1: none
+    rs[-1] = rs[-1].model_copy(update={"quality": "uncertain"})
+    flags = CounterTracker(env.fleet).flags(rs)
+    env.store.write(rs, flags)
+    body = env.get(f"/api/v1/meters/{HQ_WATER}/series", field="volume_m3", start=T0.isoformat(),
+                   end=(T0 + 3 * H).isoformat(), bucket="1h", counts="true").json()
+    assert body["counts"] == [6, 0, 3]
+    assert body["flagged"] == [1, 0, 1]
+    assert body["flags"] == [["negative_delta"], [], ["uncertain"]]
+    plain = env.get(f"/api/v1/meters/{HQ_WATER}/series", field="volume_m3", start=T0.isoformat(),
+                    end=(T0 + 3 * H).isoformat(), bucket="1h").json()
+    assert plain["counts"] is None and plain["flagged"] is None and plain["flags"] is None
 
 
 def test_series_defaults_to_the_last_24_hours(env: Env) -> None:

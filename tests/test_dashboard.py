@@ -7,6 +7,7 @@ the server), no CSP violation. Screenshots go to ``test-artifacts/`` (gitignored
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 import time
@@ -15,11 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from collector.quality import CounterTracker
+from simulators.faults import Fault
 from tests.apistack import Stack, start_stack
 from tests.conftest import need
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, sync_playwright
+
+from bems.wire import Reading
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -32,9 +37,14 @@ LATIN_YEAR = re.compile(r"\b14\d\d\b")
 pytestmark = pytest.mark.slow
 
 
+WATER = f"{HQ}.water"
+NOW = dt.datetime.now(dt.UTC)
+SILENT = (NOW - dt.timedelta(hours=10), NOW - dt.timedelta(hours=8))  # the water meter's link is down: a gap
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = start_stack(tmp_path_factory.mktemp("dashboard"))
+    s = start_stack(tmp_path_factory.mktemp("dashboard"), faults=[Fault.make("comm_loss", WATER, *SILENT)])
     yield s
     s.close()
 
@@ -185,3 +195,57 @@ def test_meter_page_phone_width_and_keyboard(page: Page, stack: Stack) -> None:
     unlabeled = page.evaluate("""() => [...document.querySelectorAll('select, input')]
         .filter(e => !e.labels || e.labels.length === 0).map(e => e.id)""")
     assert unlabeled == []
+
+
+def flag_a_counter_drop(stack: Stack, at: dt.datetime) -> dt.datetime:
+    """Two readings of the water counter between history points, the second lower: flagged by the collector's
+    own counter tracker and stored with its flags, as the collector would. Returns the flagged reading's time."""
+    before = stack.store.points(WATER, "volume_m3", at - dt.timedelta(minutes=30), at)
+    last = float(before.values[-1])
+    readings = [Reading(meter=WATER, building=HQ, edge="edge-test", ts=at + dt.timedelta(minutes=m), seq=900 + m,
+                        values={"volume_m3": v}) for m, v in ((0, last + 0.01), (1, last - 1.0))]
+    flags = CounterTracker(stack.fleet).flags(readings)
+    assert flags[0] == 0 and flags[1] != 0, flags
+    stack.store.write(readings, flags)
+    return readings[1].ts
+
+
+def orange_pixels(page: Page, chart: str) -> int:
+    return page.evaluate(f"""() => {{
+        const c = document.querySelector('#{chart} canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) {{
+            if (d[i] > 200 && d[i + 1] > 60 && d[i + 1] < 110 && d[i + 2] < 40 && d[i + 3] > 200) n++;
+        }}
+        return n;
+    }}""")
+
+
+def test_meter_page_marks_flagged_readings_and_gaps(page: Page, stack: Stack) -> None:
+    flagged_at = flag_a_counter_drop(stack, (NOW - dt.timedelta(hours=5)).replace(second=0, microsecond=0))
+    login(page, stack)
+    page.goto(stack.url + f"/#/meter/{WATER}")
+    wait_points(page, "meter-chart")
+    chart = page.locator("#meter-chart")
+    assert int(chart.get_attribute("data-flagged") or 0) == 1
+    assert int(chart.get_attribute("data-gaps") or 0) >= 7  # two silent hours in 15-minute buckets
+    item = page.locator("#meter-flags li[data-flags]")
+    assert item.count() == 1
+    assert item.get_attribute("data-flags") == "negative_delta"
+    bucket = dt.datetime.fromisoformat((item.get_attribute("data-bucket") or "").replace("Z", "+00:00"))
+    assert bucket <= flagged_at < bucket + dt.timedelta(minutes=15)
+    assert "کاهش شمارنده" in item.inner_text() and PERSIAN_YEAR.search(item.inner_text())
+    assert "خوانش پرچم‌دار" in page.inner_text("#meter-legend") and "بدون داده" in page.inner_text("#meter-legend")
+    assert orange_pixels(page, "meter-chart") > 20, "the flag mark is drawn on the chart"
+    shot(page, "08-meter-flags-fa")
+
+    page.click("#lang-toggle")
+    page.wait_for_function("() => document.documentElement.dir === 'ltr'")
+    page.wait_for_function("() => document.querySelector('#meter-flags li[data-flags]')?.textContent"
+                           ".includes('counter went down')", timeout=20_000)
+    legend = page.inner_text("#meter-legend")
+    assert "flagged readings" in legend and "no data" in legend
+    assert "Buckets with flagged readings: 1" in page.inner_text("#meter-quality")
+    shot(page, "09-meter-flags-en")
+    assert not [m for m in page.bems_console if "Content Security Policy" in m or "page error" in m]  # type: ignore[attr-defined]

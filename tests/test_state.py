@@ -62,10 +62,10 @@ def test_alert_dedupe_and_lifecycle(db: StateDB) -> None:
     assert created and not created2 and a.id == b.id
     [only] = db.alerts(building="b")
     assert only.end == start + dt.timedelta(hours=3) and only.excess == 12 and only.start == start
-    assert db.set_alert_status(only.id, "acknowledged").status == "acknowledged"
+    assert db.set_alert_status(only.id, "acknowledged", actor="tester").status == "acknowledged"
     assert db.alerts(status="open") == []
-    assert db.set_alert_status(9999, "resolved") is None
-    assert db.set_alert_status(only.id, "resolved").status == "resolved"
+    assert db.set_alert_status(9999, "resolved", actor="tester") is None
+    assert db.set_alert_status(only.id, "resolved", actor="tester").status == "resolved"
     with pytest.raises(AlertTransitionError, match="already resolved"):
-        db.set_alert_status(only.id, "acknowledged")
+        db.set_alert_status(only.id, "acknowledged", actor="tester")
     assert db.alert(only.id).status == "resolved"

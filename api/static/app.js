@@ -50,6 +50,11 @@
       live_on: "زنده", live_off: "قطع ارتباط زنده", gaps: "بازه‌های بدون داده: ",
       incomplete: "بازه‌های ناقص: ", quality: "کیفیت آخرین خوانش: ",
       q_good: "خوب", q_uncertain: "نامطمئن", q_bad: "بد",
+      flagged: "بازه‌های دارای خوانش پرچم‌دار: ", legend_gap: "بدون داده (خط قطع می‌شود)",
+      legend_flag: "خوانش پرچم‌دار", flags_title: "خوانش‌های پرچم‌دار در این بازه",
+      flags_none: "هیچ خوانشی در این بازه پرچم نخورده است.", flags_more: "بازه‌های دیگر: ",
+      f_rollover: "سرریز شمارنده", f_reset: "تعویض یا بازنشانی کنتور", f_negative_delta: "کاهش شمارنده",
+      f_uncertain: "کیفیت نامطمئن", f_bad: "کیفیت بد", readings: "خوانش", reading_one: "خوانش",
       weekdays: ["شنبه", "یکشنبه", "دوشنبه", "سه‌شنبه", "چهارشنبه", "پنجشنبه", "جمعه"],
       err_token: "توکن نامعتبر است یا منقضی شده؛ دوباره وارد شوید.",
       err_forbidden: "این توکن به این بخش دسترسی ندارد.",
@@ -96,6 +101,11 @@
       live_on: "live", live_off: "live stream lost", gaps: "Buckets without data: ",
       incomplete: "Incomplete buckets: ", quality: "Quality of the latest reading: ",
       q_good: "good", q_uncertain: "uncertain", q_bad: "bad",
+      flagged: "Buckets with flagged readings: ", legend_gap: "no data (the line breaks)",
+      legend_flag: "flagged readings", flags_title: "Flagged readings in this range",
+      flags_none: "No reading in this range is flagged.", flags_more: "More buckets: ",
+      f_rollover: "counter rollover", f_reset: "meter replaced or reset", f_negative_delta: "counter went down",
+      f_uncertain: "uncertain quality", f_bad: "bad quality", readings: "readings", reading_one: "reading",
       weekdays: ["Sat", "Sun", "Mon", "Tue", "Wed", "Thu", "Fri"],
       err_token: "The token is invalid or revoked; sign in again.",
       err_forbidden: "This token may not see that.",
@@ -609,6 +619,9 @@
     await drawMeter(meter);
   }
 
+  const FLAG_COLOR = "#e65100";
+  const MAX_FLAG_ITEMS = 30;
+
   async function drawMeter(meter) {
     const days = Number($("meter-range").value);
     const bucket = days <= 1 ? "15m" : days <= 7 ? "1h" : "3h";
@@ -623,17 +636,26 @@
     const typical = filled.length ? filled[Math.floor(filled.length / 2)] : 0;
     const gaps = s.counts.map((c) => c === 0);
     const partial = s.counts.filter((c) => c > 0 && c < typical / 2).length;
+    const flagged = (s.flagged || s.counts.map(() => 0)).map((n) => n > 0);
     const box = $("meter-chart");
     box.setAttribute("aria-label", meter.id + " " + field);
     makeChart("meter", box, [{ label: field, stroke: "#1565c0", width: 2, spanGaps: false }], [times, s.values], {
       cursor: { drag: { x: true, y: false } },
       scales: { x: { time: true } },
       axes: [axisTime(days > 1), axisNumber()],
-      hooks: { drawClear: [(u) => shadeGaps(u, times, gaps, s.bucket_s)] },
+      hooks: {
+        drawClear: [(u) => shadeGaps(u, times, gaps, s.bucket_s)],
+        draw: [(u) => markFlags(u, times, s.values, flagged, s.bucket_s)],
+      },
     });
     const nGaps = gaps.filter(Boolean).length;
-    $("meter-quality").textContent += " · " + t("gaps") + fmtNumber(nGaps) + " · " + t("incomplete") + fmtNumber(partial);
+    const nFlagged = flagged.filter(Boolean).length;
+    $("meter-quality").textContent += " · " + t("gaps") + fmtNumber(nGaps) + " · " + t("incomplete") +
+      fmtNumber(partial) + " · " + t("flagged") + fmtNumber(nFlagged);
     box.dataset.gaps = String(nGaps);
+    box.dataset.flagged = String(nFlagged);
+    $("legend-series").textContent = field;
+    listFlags(s, flagged);
   }
 
   function shadeGaps(u, times, gaps, width) {
@@ -647,6 +669,51 @@
       ctx.fillRect(x0, u.bbox.top, Math.max(x1 - x0, 1), u.bbox.height);
     });
     ctx.restore();
+  }
+
+  // a triangle above each flagged bucket and a ring on its value, so a flag shows even where the line is flat
+  function markFlags(u, times, values, flagged, width) {
+    const ctx = u.ctx;
+    const size = 6 * devicePixelRatio;
+    ctx.save();
+    ctx.fillStyle = FLAG_COLOR;
+    ctx.strokeStyle = FLAG_COLOR;
+    ctx.lineWidth = 2 * devicePixelRatio;
+    flagged.forEach((f, i) => {
+      if (!f) return;
+      const x = u.valToPos(times[i] + width / 2, "x", true);
+      if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) return;
+      const top = u.bbox.top;
+      ctx.beginPath();
+      ctx.moveTo(x - size, top);
+      ctx.lineTo(x + size, top);
+      ctx.lineTo(x, top + size * 1.5);
+      ctx.closePath();
+      ctx.fill();
+      if (values[i] !== null && values[i] !== undefined) {
+        ctx.beginPath();
+        ctx.arc(u.valToPos(times[i], "x", true), u.valToPos(values[i], "y", true), size * 0.8, 0, 2 * Math.PI);
+        ctx.stroke();
+      }
+    });
+    ctx.restore();
+  }
+
+  function listFlags(s, flagged) {
+    const list = $("meter-flags");
+    const flags = s.flags || [];
+    const sep = state.lang === "fa" ? "، " : ", ";
+    const items = [];
+    flagged.forEach((f, i) => {
+      if (!f) return;
+      const names = (flags[i] || []).map((name) => t("f_" + name)).join(sep);
+      const count = fmtNumber(s.flagged[i]) + " " + t(s.flagged[i] === 1 ? "reading_one" : "readings");
+      items.push(el("li", fmtDateTime(s.times[i]) + " — " + names + " (" + count + ")",
+                    { "data-bucket": s.times[i], "data-flags": (flags[i] || []).join(",") }));
+    });
+    const shown = items.slice(-MAX_FLAG_ITEMS);
+    if (items.length > shown.length) shown.unshift(el("li", t("flags_more") + fmtNumber(items.length - shown.length)));
+    list.replaceChildren(...(shown.length ? shown : [el("li", t("flags_none"), { class: "none" })]));
   }
 
   // --- alerts ---------------------------------------------------------------------------------------------
