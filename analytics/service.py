@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
@@ -18,14 +19,17 @@ from analytics.matrix import HOUR, QUARTER, CommodityMatrix, consumption_matrix
 from analytics.settings import AnalyticsSettings
 from analytics.tuning import Tuning, load_tuning
 from bems.calendar import OfficeCalendar, default_calendar
+from bems.errors import BemsError
 from bems.fleet import COMMODITIES, Fleet, Meter, load_fleet
 from bems.mqtt import make_client
+from bems.seal import RECHECK_DAYS, SealKey, SealReport, load_seal_key, seal_pass, seal_until
 from bems.state import Alert, StateDB
 from bems.store import Store, open_store
 from bems.tariff import TariffBook, default_tariffs, load_tariffs
 
 log = logging.getLogger("bems.analytics")
 TEHRAN = "Asia/Tehran"
+SEAL_EVERY_S = 3600.0  # sealing runs hourly; a day becomes sealable once a day
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,11 @@ async def run(settings: AnalyticsSettings) -> None:
         mqtt = make_client(settings.broker, "bems-analytics", clean_session=True)
         mqtt.connect_async(settings.broker.host, settings.broker.port, keepalive=settings.broker.keepalive_s)
         mqtt.loop_start()
+    seal_key = load_seal_key(settings.seal_key, settings.seal_key_file)
+    if seal_key is None:
+        log.warning("no seal key (BEMS_ANALYTICS_SEAL_KEY_FILE): days are not sealed, bems verify can prove signed "
+                    "readings only")
+    sealed_at = -SEAL_EVERY_S
     http = httpx.Client()
     sender = asyncio.create_task(_deliver_forever(state, subscriptions, http, settings.delivery_interval_s))
     try:
@@ -175,6 +184,9 @@ async def run(settings: AnalyticsSettings) -> None:
                 queued += enqueue(state, alert, subscriptions, fleet)
             log.info("detection pass: %d events, %d new alerts, %d webhook deliveries queued", res.events,
                      res.created, queued)
+            if seal_key is not None and (settings.once or time.monotonic() - sealed_at >= SEAL_EVERY_S):
+                sealed_at = time.monotonic()
+                await asyncio.to_thread(seal_recent, store, state, fleet, seal_key, settings.seal_after_hours)
             if settings.once:
                 await asyncio.to_thread(send_due, state, subscriptions, http)
                 return
@@ -187,6 +199,22 @@ async def run(settings: AnalyticsSettings) -> None:
         http.close()
         store.close()
         state.close()
+
+
+def seal_recent(store: Store, state: StateDB, fleet: Fleet, key: SealKey, after_hours: float,
+                now: dt.datetime | None = None) -> SealReport | None:
+    """The one periodic sealing pass (bems.seal): days of the last RECHECK_DAYS that ended ``after_hours`` ago."""
+    until = seal_until(now or dt.datetime.now(dt.UTC), after_hours)
+    try:
+        report = seal_pass(store, state, fleet, key, until=until, since=until - dt.timedelta(days=RECHECK_DAYS))
+    except BemsError as exc:
+        log.warning("sealing pass failed (%s); next try in %.0f s", exc, SEAL_EVERY_S)
+        return None
+    if report.sealed or report.resealed:
+        log.info("sealed %d meter-days, resealed %d (late readings)", report.sealed, report.resealed)
+    for line in report.held:
+        log.warning("seal: %s", line)
+    return report
 
 
 async def _deliver_forever(state: StateDB, subscriptions: list[Subscription], http: httpx.Client,

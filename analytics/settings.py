@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from bems.settings import BrokerSettings, StageSettings
@@ -24,3 +24,6 @@ class AnalyticsSettings(StageSettings):
     tuning: Path | None = Field(None, description="detector thresholds per meter, building, commodity (YAML; "
                                                   "analytics/tuning.py)")
     delivery_interval_s: float = Field(5, gt=0, description="seconds between webhook delivery rounds")
+    seal_key: SecretStr | None = Field(None, description="server seal key (environment only; bems.seal)")
+    seal_key_file: Path | None = Field(None, description="file with the server seal key; none: days are not sealed")
+    seal_after_hours: float = Field(26, gt=0, description="seal each UTC day this long after it ended")

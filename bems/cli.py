@@ -169,6 +169,115 @@ def _deadletter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seal_settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Flags over environment (BEMS_FLEET, BEMS_STORE, BEMS_DB, BEMS_SEAL_KEY[_FILE]) over defaults."""
+    from pydantic import ValidationError
+
+    from bems.seal import SealSettings
+    from bems.validation import format_validation_error
+
+    given = {k: v for k, v in (("fleet", args.config), ("store", args.store), ("db", args.db),
+                               ("seal_key_file", args.seal_key_file),
+                               ("seal_after_hours", getattr(args, "seal_after_hours", None))) if v is not None}
+    try:
+        return SealSettings(**given)
+    except ValidationError as exc:
+        raise BemsError(format_validation_error(f"bems {args.command} settings", exc, given)
+                        + ("\n  fleet: give --config or set BEMS_FLEET" if "fleet" not in given else "")) from None
+
+
+def _when(text: str | None, flag: str):  # type: ignore[no-untyped-def]
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise BemsError(f"{flag} {text!r}: give an ISO 8601 date or time, e.g. 2026-11-01 or "
+                        "2026-11-01T00:00:00Z (UTC when no offset is given)") from None
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+
+
+def _open_seal_targets(settings):  # type: ignore[no-untyped-def]
+    from bems.fleet import load_fleet
+    from bems.seal import load_seal_key
+    from bems.state import StateDB
+    from bems.store import open_store
+
+    fleet = load_fleet(settings.fleet)
+    key = load_seal_key(settings.seal_key, settings.seal_key_file)
+    token = settings.influx_token.get_secret_value() if settings.influx_token else None
+    return fleet, key, open_store(settings.store, token=token), StateDB(settings.db)
+
+
+def _seal(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from bems.seal import generate_seal_key, seal_pass, seal_until
+
+    if args.keygen:
+        key = generate_seal_key(args.keygen)
+        print(f"seal key written to {args.keygen} (mode 0600, key id {key.key_id}); give it with --seal-key-file "
+              "or BEMS_SEAL_KEY_FILE, and back it up apart from the data")
+        return 0
+    settings = _seal_settings(args)
+    fleet, key, store, state = _open_seal_targets(settings)
+    try:
+        if key is None:
+            raise BemsError("no seal key: set BEMS_SEAL_KEY_FILE or give --seal-key-file (create one with "
+                            "bems seal --keygen PATH)")
+        if args.building and args.building not in fleet.building_by_id:
+            raise BemsError(f"unknown building {args.building!r}; known: {', '.join(fleet.building_by_id)}")
+        latest = seal_until(dt.datetime.now(dt.UTC), settings.seal_after_hours)
+        until = min(_when(args.until, "--until") or latest, latest)
+        report = seal_pass(store, state, fleet, key, until=until, since=_when(args.since, "--from"),
+                           building=args.building)
+    finally:
+        store.close()
+        state.close()
+    print(f"sealed days before {until:%Y-%m-%d}: {report.sealed} meter-days sealed, {report.resealed} resealed "
+          f"(late readings, all signed), {report.unchanged} already sealed")
+    for line in report.held:
+        print(f"held: {line}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from bems.store.base import DAY_MS
+    from bems.verify import day_range, verify_building
+
+    settings = _seal_settings(args)
+    end = _when(args.to, "--to") or dt.datetime.now(dt.UTC)
+    start = _when(args.since, "--from") or end - dt.timedelta(days=30)
+    if end <= start:
+        raise BemsError(f"--to {end.isoformat()} is not after --from {start.isoformat()}")
+    fleet, key, store, state = _open_seal_targets(settings)
+    try:
+        if args.building not in fleet.building_by_id:
+            raise BemsError(f"unknown building {args.building!r}; known: {', '.join(fleet.building_by_id)}")
+        s, e = day_range(start, end)
+        total = len(fleet.meters_of(building=args.building)) * ((e - s) // DAY_MS)
+        console = Console(stderr=True)
+        with Progress(TextColumn("verify {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("meter-days"), TimeRemainingColumn(), console=console, transient=True,
+                      disable=not console.is_terminal) as bar:
+            task = bar.add_task(args.building, total=total)
+            report = verify_building(store, state, fleet, args.building, start, end, key=key, full=args.full,
+                                     progress=lambda k: bar.advance(task, k))
+    finally:
+        store.close()
+        state.close()
+    for line in report.lines():
+        print(line)
+    return report.exit_code
+
+
 def _stage(module: str):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -261,6 +370,30 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--rotate", action="append", metavar="NAME",
                     help="issue a new password for this credential ('all' for every one); repeatable")
     bc.set_defaults(func=_broker)
+
+    def seal_targets(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", help="the fleet file (YAML); env BEMS_FLEET")
+        sp.add_argument("--store", help="readings store URL; env BEMS_STORE (default sqlite:///bems-data/readings.db)")
+        sp.add_argument("--db", help="relational state URL, where seals are kept; env BEMS_DB")
+        sp.add_argument("--seal-key-file", help="file with the server seal key; or env BEMS_SEAL_KEY(_FILE)")
+
+    se = sub.add_parser("seal", help="seal each meter's readings per UTC day (count, SHA-256, HMAC) for bems verify")
+    seal_targets(se)
+    se.add_argument("--building", help="only this building (default: all)")
+    se.add_argument("--from", dest="since", metavar="FROM", help="first day to seal (default: the first stored)")
+    se.add_argument("--until", help="seal days ending by then (default and latest: seal-after-hours ago)")
+    se.add_argument("--seal-after-hours", type=float, help="seal days ended this long ago (default 26)")
+    se.add_argument("--keygen", metavar="PATH", help="write a new seal key to PATH (mode 0600) and exit")
+    se.set_defaults(func=_seal)
+
+    ve = sub.add_parser("verify", help="prove a building's stored readings by seals and signatures, or name the "
+                                       "first altered one (exit 1; 3 when some cannot be proven)")
+    seal_targets(ve)
+    ve.add_argument("--building", required=True, help="building id")
+    ve.add_argument("--from", dest="since", metavar="FROM", help="start (ISO 8601, UTC; default 30 days before --to)")
+    ve.add_argument("--to", help="end (ISO 8601, UTC; default now); whole UTC days are checked")
+    ve.add_argument("--full", action="store_true", help="also check every signature on days the seal proves")
+    ve.set_defaults(func=_verify)
 
     sim = sub.add_parser("sim", help="simulated meters: serve, inject a fault, write history", add_help=False)
     sim.add_argument("rest", nargs=argparse.REMAINDER)

@@ -22,6 +22,7 @@ import httpx
 import yaml
 
 from bems.errors import BemsError
+from bems.seal import generate_seal_key
 from bems.services import ManagedProcess, Mosquitto, find_binary, port_in_use, wait_port
 from bems.state import StateDB
 
@@ -146,8 +147,12 @@ class Demo:
         for edge in yaml.safe_load(Path(fleet).read_text(encoding="utf-8"))["edges"]:
             self._stage(f"edge-{edge['id']}", "edge", "--config", fleet, "--edge-id", edge["id"],
                         "--broker", broker_url, env={f"BEMS_EDGE_BROKER__{k}": v for k, v in creds.items()})
+        seal_key = o.data_dir / "seal.key"
+        if not seal_key.exists():
+            generate_seal_key(seal_key)  # seals made with it check only with it: kept across restarts
         self._stage("analytics", "analytics", "--config", fleet, "--store", store, "--db", db,
                     "--interval-s", str(o.analytics_interval_s), "--broker", broker_url,
+                    "--seal-key-file", str(seal_key.resolve()),
                     env={f"BEMS_ANALYTICS_BROKER__{k}": v for k, v in creds.items()})
         state = StateDB(db)
         token = state.create_token(f"demo-admin-{secrets.token_hex(3)}", "admin")

@@ -37,9 +37,13 @@ class SignatureRejected(BemsError):
 
 
 def canonical(building: str, meter: str, edge: str, ts_ms: int, seq: int, values: Mapping[str, float]) -> bytes:
-    """The signed bytes: one field per line, values by name with the shortest exact float text."""
+    """The signed bytes: one field per line, values by name with the shortest exact float text.
+
+    ``+ 0.0`` turns -0.0 into 0.0: SQLite keeps a whole REAL as an integer and so gives -0.0 back as 0.0; the
+    sign of a zero reading means nothing, and a signature must survive the store.
+    """
     lines = [DOMAIN, building, meter, edge, str(int(ts_ms)), str(int(seq))]
-    lines += [f"{name}={float(values[name])!r}" for name in sorted(values)]
+    lines += [f"{name}={float(values[name]) + 0.0!r}" for name in sorted(values)]
     return "\n".join(lines).encode()
 
 

@@ -139,6 +139,25 @@ class AuditEntry(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
 
+class Seal(Base):
+    """A meter's readings of one UTC day, sealed: their number, a SHA-256 over them in time order, and an HMAC of
+    the seal with the server's seal key (bems.seal), so an altered, added or deleted reading shows."""
+
+    __tablename__ = "seal"
+    __table_args__ = (UniqueConstraint("meter", "day", name="uq_seal_meter_day"), Index("ix_seal_building_day",
+                                                                                         "building", "day"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    building: Mapped[str] = mapped_column(String(64))
+    meter: Mapped[str] = mapped_column(String(130))
+    day: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD (UTC)
+    count: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(16))
+    sealed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands datetimes back naive; everything in bems is UTC, so say so."""
     if value is not None and value.tzinfo is None:
@@ -163,6 +182,7 @@ class TariffOverride(Base):
 @event.listens_for(AuditEntry, "load")
 @event.listens_for(TariffOverride, "load")
 @event.listens_for(Delivery, "load")
+@event.listens_for(Seal, "load")
 def _aware(target: Base, _context: object) -> None:
     for col in target.__table__.columns:
         if isinstance(col.type, DateTime):

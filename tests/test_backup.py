@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy
 
-from bems.cli import build_parser, main
+from bems.cli import main
 from bems.services import Influxd, free_port
 from bems.state import StateDB
 from bems.store import Store, open_store
@@ -127,16 +127,24 @@ def _wipe(*paths: Path) -> None:
             f.unlink(missing_ok=True)
 
 
-def run_bems_verify_hook(store_url: str, building: str, start: dt.datetime, end: dt.datetime) -> None:
-    """TODO(issue 9, tamper evidence): the hash-chain ``bems verify`` is being built separately. Until it exists
-    this hook does nothing; once ``bems verify`` is a subcommand it runs it with the flags of the issue
-    (``--building --from --to``, plus ``--store``) on the restored store, so acceptance 4 (backup, wipe,
-    restore, verify) is enforced here; adjust the flags if the final command differs."""
-    commands = next(a for a in build_parser()._actions if a.dest == "command").choices  # type: ignore[union-attr]
-    if "verify" not in commands:
-        return
-    assert main(["verify", "--store", store_url, "--building", building,
-                 "--from", start.isoformat(), "--to", end.isoformat()]) == 0
+def seal_days(store_url: str, state_url: str, fleet: Path, key_file: Path) -> None:
+    """Seal every day of the store (bems.seal) before the backup, with a seal key kept apart from it."""
+    if not key_file.exists():
+        assert main(["seal", "--keygen", str(key_file)]) == 0
+    assert main(["seal", "--config", str(fleet), "--store", store_url, "--db", state_url,
+                 "--seal-key-file", str(key_file)]) == 0
+
+
+def run_bems_verify(capsys, store_url: str, state_url: str, fleet: Path, key_file: Path,  # type: ignore[no-untyped-def]
+                    start: dt.datetime, end: dt.datetime, count: int) -> None:
+    """``bems verify`` on the restored store and state: every reading there, and as many as before the wipe, is
+    proven by the seals made before the backup (the readings of these tests carry no signatures)."""
+    capsys.readouterr()
+    code = main(["verify", "--config", str(fleet), "--store", store_url, "--db", state_url, "--seal-key-file",
+                 str(key_file), "--building", "test-hq", "--from", start.isoformat(), "--to", end.isoformat()])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f" {count} points checked ({count} proven by seal, 0 by signature, 0 unproven)" in out, out
 
 
 class _Publisher(threading.Thread):
@@ -169,7 +177,7 @@ class _Publisher(threading.Thread):
 
 
 @pytest.mark.services
-def test_sqlite_online_backup_while_collector_writes_then_wipe_and_restore(mosquitto, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_online_backup_while_collector_writes_then_wipe_and_restore(mosquitto, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     minutes, live = 20_000, 6_000
     data = tmp_path / "data"
     store_path, state_path = data / "readings.db", data / "state.db"
@@ -214,6 +222,8 @@ def test_sqlite_online_backup_while_collector_writes_then_wipe_and_restore(mosqu
     db = StateDB(state_url)
     state_reference = _state_view(db, tokens)
     db.close()
+    seal_key = tmp_path / "keys" / "seal.key"  # kept apart from the data and the backup
+    seal_days(store_url, state_url, fleet, seal_key)
     state_rows = _rows(state_url)
     assert main(["backup", "--store", store_url, "--db", state_url, "--out", str(tmp_path / "full")]) == 0
     _wipe(store_path, state_path)
@@ -229,7 +239,8 @@ def test_sqlite_online_backup_while_collector_writes_then_wipe_and_restore(mosqu
     assert _state_view(db, tokens) == state_reference
     db.close()
     assert _rows(new_state) == state_rows
-    run_bems_verify_hook(new_store, "test-hq", HISTORY_START, LIVE_START + dt.timedelta(seconds=live))
+    run_bems_verify(capsys, new_store, new_state, fleet, seal_key, HISTORY_START,
+                    LIVE_START + dt.timedelta(seconds=live), reference["count"])  # type: ignore[arg-type]
 
     # the online backup is one consistent snapshot: the history, then an unbroken prefix of the live readings,
     # each with all its values, equal to what the store held
@@ -346,6 +357,9 @@ def test_influxdb_portable_backup_wipe_restore(influxd: Influxd, tmp_path: Path,
         _history(store, minutes)
         reference = _snapshot(store, minutes, 0)
     assert reference["count"] > 0
+    fleet, seal_key = small_fleet(tmp_path / "fleet.yaml"), tmp_path / "keys" / "seal.key"
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"
+    seal_days(url, state_url, fleet, seal_key)
 
     # the RPC address is checked before influxd backup runs
     assert main(["backup", "--store", url, "--influx-rpc", f"127.0.0.1:{free_port()}",
@@ -353,7 +367,8 @@ def test_influxdb_portable_backup_wipe_restore(influxd: Influxd, tmp_path: Path,
     assert "influxd RPC address" in capsys.readouterr().err
 
     bk = tmp_path / "bk"
-    assert main(["backup", "--store", url, "--influx-rpc", influxd.rpc_address, "--out", str(bk)]) == 0
+    assert main(["backup", "--store", url, "--db", state_url, "--influx-rpc", influxd.rpc_address,
+                 "--out", str(bk)]) == 0
     manifest = json.loads((bk / "manifest.json").read_text())
     assert manifest["components"]["readings"]["points_after_backup"] == {"reading": reference["count"]}
 
@@ -364,10 +379,13 @@ def test_influxdb_portable_backup_wipe_restore(influxd: Influxd, tmp_path: Path,
     fresh.start()
     try:
         new_url = fresh.url("bems")
-        assert main(["restore", "--from", str(bk), "--store", new_url, "--influx-rpc", fresh.rpc_address]) == 0
+        new_state = f"sqlite:///{tmp_path / 'fresh-state.db'}"
+        assert main(["restore", "--from", str(bk), "--store", new_url, "--db", new_state,
+                     "--influx-rpc", fresh.rpc_address]) == 0
         with open_store(new_url) as store:
             _assert_same(reference, _snapshot(store, minutes, 0))
-        run_bems_verify_hook(new_url, "test-hq", HISTORY_START, HISTORY_START + dt.timedelta(minutes=minutes))
+        run_bems_verify(capsys, new_url, new_state, fleet, seal_key, HISTORY_START,
+                        HISTORY_START + dt.timedelta(minutes=minutes), reference["count"])  # type: ignore[arg-type]
         capsys.readouterr()
         assert main(["restore", "--from", str(bk), "--store", new_url, "--influx-rpc", fresh.rpc_address]) == 2
         assert "already has a database 'bems'" in capsys.readouterr().err

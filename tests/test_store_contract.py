@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from bems.signing import KeyRing, Signer, key_id
 from bems.store import Store, open_store
 from bems.wire import Reading
 
@@ -121,3 +124,57 @@ def test_flags_are_stored_with_the_raw_value(store: Store) -> None:
     assert pts.times[2] == np.datetime64("2026-11-21T02:00:00.000")
     assert store.latest(["b1.m1"])["b1.m1"].flags == ("reset",)
     assert store.points("b1.none", "energy_kwh", T0, T0 + H).values.size == 0
+
+
+# awkward floats: no short decimal form, beyond 2**53, tiny, huge, a whole number, a negative zero
+AWKWARD = [0.1 + 0.2, 123456789.12345679, 2.0**53 + 2, 1e-300, 1.7976931348623157e308, 5.0, -0.0, -1234.5678e-9]
+
+
+def test_signed_points_give_back_every_field_exactly_and_verify(store: Store) -> None:
+    signer = Signer(Ed25519PrivateKey.generate(), "")
+    signer = Signer(signer.key, key_id(signer.key.public_key()))
+    ring = KeyRing([("edge-a", "b1", signer.public_key)])
+    rs = [reading("b1.m1", T0 + i * dt.timedelta(minutes=1, milliseconds=7), 40 + i, power_w=v,
+                  energy_kwh=1000.0 + i / 3).signed(signer) for i, v in enumerate(AWKWARD)]
+    rs.append(reading("b1.m1", T0 + 20 * H, 99, volume_m3=2.5))  # unsigned, other fields, also in the range
+    rs.append(reading("b1.m1", T0 + 30 * H, 100, power_w=1.0).signed(signer))  # after the range
+    rs.append(reading("b1.m2", T0 + H, 7, power_w=3.0).signed(signer))  # another meter
+    store.write(list(reversed(rs)))
+    got = store.signed_points("b1.m1", T0, T0 + 24 * H)
+    want = rs[:-2]
+    assert len(got) == len(want)
+    assert got.ts_ms.tolist() == [r.ts_ms for r in want]
+    assert got.seq.tolist() == [r.seq for r in want]
+    assert got.edge == ["edge-a"] * len(want)
+    assert got.kid == [r.kid for r in want] and got.sig == [r.sig for r in want]
+    assert got.kid[-1] is None and got.sig[-1] is None
+    for r, values in zip(want, got.values, strict=True):
+        assert {k: repr(v + 0.0) for k, v in values.items()} == {k: repr(v + 0.0) for k, v in r.values.items()}
+    for i in range(len(want) - 1):  # the signatures made before the write check against what came back
+        ring.verify(got.kid[i], got.sig[i], building="b1", meter="b1.m1", edge=got.edge[i],
+                    ts_ms=int(got.ts_ms[i]), seq=int(got.seq[i]), values=got.values[i])
+    assert len(store.signed_points("b1.none", T0, T0 + H)) == 0
+    day = 86_400_000
+    t0 = int(T0.timestamp() * 1000)
+    assert store.day_counts(["b1.m1", "b1.m2", "b1.none"], T0 - 24 * H, T0 + 48 * H) == {
+        "b1.m1": {t0: len(want), t0 + day: 1}, "b1.m2": {t0: 1}}
+
+
+def test_sqlite_store_of_an_older_version_gains_the_signature_columns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(f"""
+        CREATE TABLE meter (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+        CREATE TABLE reading (meter_id INTEGER NOT NULL, ts INTEGER NOT NULL, edge TEXT NOT NULL,
+            seq INTEGER NOT NULL, quality INTEGER NOT NULL, flags INTEGER NOT NULL DEFAULT 0, "power_w" REAL,
+            PRIMARY KEY (meter_id, ts)) WITHOUT ROWID;
+        INSERT INTO meter VALUES (1, 'b1.m1');
+        INSERT INTO reading VALUES (1, {int(T0.timestamp() * 1000)}, 'edge-a', 1, 0, 0, 12.5);""")
+    db.close()
+    signer = Signer(Ed25519PrivateKey.generate(), "kid-of-the-tests")
+    with open_store(f"sqlite:///{path}") as store:
+        store.write([reading("b1.m1", T0 + H, 2, power_w=13.5).signed(signer)])
+        got = store.signed_points("b1.m1", T0 - 24 * H, T0 + 24 * H)
+        assert got.values == [{"power_w": 12.5}, {"power_w": 13.5}]
+        assert got.kid == [None, "kid-of-the-tests"] and got.sig[0] is None and got.sig[1]
+        assert store.latest(["b1.m1"])["b1.m1"].values == {"power_w": 13.5}

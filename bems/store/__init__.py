@@ -12,14 +12,15 @@ from bems.store.base import (
     Latest,
     Matrix,
     Points,
+    SignedPoints,
     Store,
     StoreRejected,
     StoreUnavailable,
     WriteResult,
 )
 
-__all__ = ["AGGS", "Agg", "Latest", "Matrix", "Points", "Store", "StoreRejected", "StoreUnavailable", "WriteResult",
-           "open_store"]
+__all__ = ["AGGS", "Agg", "Latest", "Matrix", "Points", "SignedPoints", "Store", "StoreRejected", "StoreUnavailable",
+           "WriteResult", "open_store"]
 
 SCHEMES = ("sqlite:///<path>", "influx://host:port/<database>", "influx+https://host:port/<database>",
            "influx2://host:port/<bucket>?org=<org>", "influx2+https://host:port/<bucket>?org=<org>")

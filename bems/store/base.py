@@ -19,6 +19,7 @@ AGGS: tuple[Agg, ...] = ("mean", "min", "max", "sum", "first", "last", "count")
 QUALITY_CODE = {"good": 0, "uncertain": 1, "bad": 2}
 QUALITY_NAME = {v: k for k, v in QUALITY_CODE.items()}
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+DAY_MS = 86_400_000
 ROLLUP_MS = 30 * 60 * 1000  # rollup period: whole UTC hours and Tehran's :30 hours are both made of it
 _MS = dt.timedelta(milliseconds=1)
 
@@ -100,6 +101,22 @@ class Points:
 
 
 @dataclass(frozen=True)
+class SignedPoints:
+    """Stored readings of one meter in time order, with all that rebuilds their signed bytes (bems.signing):
+    every field of each point, its edge, sequence number, and the key id and signature it arrived with."""
+
+    ts_ms: np.ndarray  # int64
+    seq: np.ndarray  # int64
+    edge: list[str]
+    values: list[dict[str, float]]
+    kid: list[str | None]
+    sig: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.edge)
+
+
+@dataclass(frozen=True)
 class Drops:
     """Readings of a cumulative field lower than the reading before them: row of the meter, time, both values."""
 
@@ -161,6 +178,14 @@ class Store(ABC):
     def points(self, meter: str, field: str, start: dt.datetime, end: dt.datetime) -> Points:
         """Raw readings of ``field`` in [start, end) with their quality and flags."""
         raise NotImplementedError(f"{type(self).__name__} does not read raw points")
+
+    def signed_points(self, meter: str, start: dt.datetime, end: dt.datetime) -> SignedPoints:
+        """Every stored reading of ``meter`` in [start, end), time order, as bems.verify checks it."""
+        raise NotImplementedError(f"{type(self).__name__} does not read signed points")
+
+    def day_counts(self, meters: Sequence[str], start: dt.datetime, end: dt.datetime) -> dict[str, dict[int, int]]:
+        """Readings per meter and UTC day in [start, end): meter -> {day start in ms: count}, days with data only."""
+        raise NotImplementedError(f"{type(self).__name__} does not count readings by day")
 
     def counter_drops(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime) -> Drops:
         """Readings in [start, end) lower than the reading of the same meter before them (also in the range)."""

@@ -37,6 +37,7 @@ from bems.store.base import (
     Latest,
     Matrix,
     Points,
+    SignedPoints,
     Store,
     StoreRejected,
     StoreUnavailable,
@@ -69,7 +70,7 @@ _DURATION = re.compile(r"(\d+)([hms])")
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _INFLUX_AGG = {"mean": "mean", "min": "min", "max": "max", "sum": "sum", "count": "count",
                "first": "first", "last": "last"}
-_NOT_VALUES = ("seq", "edge", "building", "meter", "quality", "flags")
+_NOT_VALUES = ("seq", "edge", "building", "meter", "quality", "flags", "kid", "sig")
 
 
 def _string_field(value: str) -> str:
@@ -80,8 +81,9 @@ def line_protocol(r: Reading, flags: int = 0) -> str:
     """One reading as one line; meter, building and edge ids are slugs (the wire model enforces it), so the
     tags need no escaping and the edge string field only quoting."""
     fields = ",".join([f"{k}={v!r}" for k, v in r.values.items()])
+    signed = f",kid={_string_field(r.kid)},sig={_string_field(r.sig)}" if r.kid and r.sig else ""
     return (f"{MEASUREMENT},meter={r.meter},building={r.building} {fields},seq={r.seq}i,"
-            f"quality={QUALITY_CODE[r.quality]}i,flags={flags}i,edge={_string_field(r.edge)} {to_ms(r.ts)}")
+            f"quality={QUALITY_CODE[r.quality]}i,flags={flags}i,edge={_string_field(r.edge)}{signed} {to_ms(r.ts)}")
 
 
 def lines_body(readings: Sequence[Reading], flags: Sequence[int] | None = None) -> bytes:
@@ -221,6 +223,41 @@ class _InfluxQLStore(Store):
                       quality=np.array([r[2] or 0 for r in rows], dtype=np.int8),
                       flags=np.array([r[3] or 0 for r in rows], dtype=np.int64),
                       seq=np.array([r[4] or 0 for r in rows], dtype=np.int64))
+
+    def signed_points(self, meter: str, start: dt.datetime, end: dt.datetime) -> SignedPoints:
+        """One query; every field of the measurement comes back as a column (None where a point lacks it)."""
+        series = self.query(f"SELECT * FROM {MEASUREMENT} WHERE meter =~ {_regex_of([meter])} "
+                            f"AND time >= {to_ms(start)}ms AND time < {to_ms(end)}ms")
+        ts: list[int] = []
+        seq: list[int] = []
+        edge: list[str] = []
+        values: list[dict[str, float]] = []
+        kid: list[str | None] = []
+        sig: list[str | None] = []
+        for s in series:
+            cols = s["columns"]
+            at = {c: i for i, c in enumerate(cols)}
+            own = [(c, i) for i, c in enumerate(cols) if c != "time" and c not in _NOT_VALUES]
+            for row in s["values"]:
+                ts.append(int(row[at["time"]]))
+                seq.append(int(row[at["seq"]] or 0))
+                edge.append(row[at["edge"]] or "")
+                kid.append(row[at["kid"]] if "kid" in at else None)
+                sig.append(row[at["sig"]] if "sig" in at else None)
+                values.append({c: float(row[i]) for c, i in own if isinstance(row[i], int | float)})
+        order = np.argsort(np.array(ts, dtype=np.int64), kind="stable")
+        pick = order.tolist()
+        return SignedPoints(ts_ms=np.array(ts, dtype=np.int64)[order], seq=np.array(seq, dtype=np.int64)[order],
+                            edge=[edge[i] for i in pick], values=[values[i] for i in pick],
+                            kid=[kid[i] for i in pick], sig=[sig[i] for i in pick])
+
+    def day_counts(self, meters: Sequence[str], start: dt.datetime, end: dt.datetime) -> dict[str, dict[int, int]]:
+        if not meters:
+            return {}
+        series = self.query(f"SELECT count(seq) FROM {MEASUREMENT} WHERE meter =~ {_regex_of(meters)} "
+                            f"AND time >= {to_ms(start)}ms AND time < {to_ms(end)}ms "
+                            "GROUP BY time(1d), meter fill(none)")
+        return {s["tags"]["meter"]: {int(t): int(n) for t, n in s["values"] if n} for s in series}
 
     def counter_drops(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime) -> Drops:
         """``difference()`` in a subquery finds the drops server side; a second query fetches their values."""

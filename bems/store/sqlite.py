@@ -20,6 +20,7 @@ import numpy as np
 from bems.errors import StoreError
 from bems.sqlite_file import open_wal
 from bems.store.base import (
+    DAY_MS,
     QUALITY_CODE,
     QUALITY_NAME,
     ROLLUP_MS,
@@ -28,6 +29,7 @@ from bems.store.base import (
     Latest,
     Matrix,
     Points,
+    SignedPoints,
     Store,
     StoreRejected,
     StoreUnavailable,
@@ -48,7 +50,8 @@ CREATE TABLE IF NOT EXISTS meter (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNI
 -- one row per reading: the idempotency key is meter + timestamp; field columns are added as fields appear
 CREATE TABLE IF NOT EXISTS reading (
     meter_id INTEGER NOT NULL, ts INTEGER NOT NULL, edge TEXT NOT NULL, seq INTEGER NOT NULL,
-    quality INTEGER NOT NULL, flags INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (meter_id, ts)) WITHOUT ROWID;
+    quality INTEGER NOT NULL, flags INTEGER NOT NULL DEFAULT 0, kid TEXT, sig TEXT,
+    PRIMARY KEY (meter_id, ts)) WITHOUT ROWID;
 -- the wrap value of each cumulative register (NULL: never wraps), for consumption across rollovers
 CREATE TABLE IF NOT EXISTS counter (
     meter_id INTEGER NOT NULL, field TEXT NOT NULL, wrap REAL, PRIMARY KEY (meter_id, field)) WITHOUT ROWID;
@@ -59,7 +62,7 @@ CREATE TABLE IF NOT EXISTS rollup (
     PRIMARY KEY (meter_id, field, period)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
-_BASE_COLUMNS = ("meter_id", "ts", "edge", "seq", "quality", "flags")
+_BASE_COLUMNS = ("meter_id", "ts", "edge", "seq", "quality", "flags", "kid", "sig")
 _FIELD = re.compile(FIELD)
 _SQL_AGG = {"mean": "avg({c})", "min": "min({c})", "max": "max({c})", "sum": "sum({c})", "count": "count({c})",
             "first": "{c}, min(ts)", "last": "{c}, max(ts)"}
@@ -127,6 +130,9 @@ class SQLiteStore(Store):
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(reading)")}
         if "flags" not in columns:
             self._db.execute("ALTER TABLE reading ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
+        for name in ("kid", "sig"):  # the edge's key id and signature, kept for bems verify
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE reading ADD COLUMN {name} TEXT")
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "value" in tables and "field" in tables:  # one row per value: fold into one column per field
             self._db.execute("BEGIN IMMEDIATE")
@@ -160,7 +166,8 @@ class SQLiteStore(Store):
                 self._db.execute("BEGIN IMMEDIATE")
                 mids = self._meter_ids
                 for r, f in zip(readings, flags, strict=True):
-                    row = (mids[r.meter], to_ms(r.ts), r.edge, r.seq, QUALITY_CODE[r.quality], f, *r.values.values())
+                    row = (mids[r.meter], to_ms(r.ts), r.edge, r.seq, QUALITY_CODE[r.quality], f, r.kid, r.sig,
+                           *r.values.values())
                     groups.setdefault(tuple(r.values), []).append(row)
                 before = self._db.total_changes
                 for fields, rows in groups.items():
@@ -264,6 +271,36 @@ class SQLiteStore(Store):
         return Points(times=arr[:, 0].astype(np.int64).astype("datetime64[ms]"), values=arr[:, 1],
                       quality=arr[:, 2].astype(np.int8), flags=arr[:, 3].astype(np.int64),
                       seq=np.array([r[4] for r in rows], dtype=np.int64))
+
+    def signed_points(self, meter: str, start: dt.datetime, end: dt.datetime) -> SignedPoints:
+        with self._lock:
+            mid = self._known_ids([meter]).get(meter)
+            self._load_columns()
+            fields = sorted(self._columns)
+            cols = "".join(f", {_col(f)}" for f in fields)
+            rows = [] if mid is None else self._db.execute(
+                f"SELECT ts, seq, edge, kid, sig{cols} FROM reading WHERE meter_id = ? AND ts >= ? AND ts < ? "
+                "ORDER BY ts", (mid, to_ms(start), to_ms(end))).fetchall()
+        return SignedPoints(ts_ms=np.array([r[0] for r in rows], dtype=np.int64),
+                            seq=np.array([r[1] for r in rows], dtype=np.int64), edge=[r[2] for r in rows],
+                            values=[{f: v for f, v in zip(fields, r[5:], strict=True) if v is not None}
+                                    for r in rows],
+                            kid=[r[3] for r in rows], sig=[r[4] for r in rows])
+
+    def day_counts(self, meters: Sequence[str], start: dt.datetime, end: dt.datetime) -> dict[str, dict[int, int]]:
+        with self._lock:
+            ids = self._known_ids(meters)
+            if not ids:
+                return {}
+            marks = ",".join("?" * len(ids))
+            rows = self._db.execute(f"SELECT meter_id, ts / {DAY_MS} AS d, count(*) FROM reading WHERE meter_id IN "
+                                    f"({marks}) AND ts >= ? AND ts < ? GROUP BY meter_id, d",
+                                    (*ids.values(), to_ms(start), to_ms(end))).fetchall()
+        name_of = {mid: name for name, mid in ids.items()}
+        out: dict[str, dict[int, int]] = {}
+        for mid, day, n in rows:
+            out.setdefault(name_of[mid], {})[int(day) * DAY_MS] = int(n)
+        return out
 
     def counter_drops(self, meters: Sequence[str], field: str, start: dt.datetime, end: dt.datetime) -> Drops:
         c = _col(field)
