@@ -6,7 +6,7 @@ measured: a whole month of a few meters, same days and resolution, signed readin
 the store. Verify works meter-day by meter-day, so its rate does not depend on the number of meters; the month
 is estimated from the measured rate, and both are printed, labelled.
 
-Prints figures only: the issue sets no goal for verify throughput (``bench/integrity.py`` prints the ingest goal).
+Prints figures only: verify throughput has no target (``bench/integrity.py`` prints the ingest goal).
 
     python bench/verify_throughput.py [--quick]
 """
