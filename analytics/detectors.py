@@ -177,30 +177,35 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
 def _param_tables(p: DetectorParams, m: int, rated: np.ndarray | None,
                   contracted: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """Every parameter as one row per meter: scalars repeated, per-meter arrays as given."""
-    def column(value: object, dtype: type) -> np.ndarray:
+    def column(name: str, value: object, dtype: type) -> np.ndarray:
         arr = np.asarray(value, dtype=dtype)
         if arr.ndim and arr.shape != (m,):
-            raise ValueError(f"a per-meter parameter needs shape ({m},), got {arr.shape}")
+            raise ValueError(f"{name} has shape {arr.shape}: give one number, or one per meter (shape ({m},))")
         return np.broadcast_to(arr, (m,))
 
     nan = np.float32(np.nan)
     alpha = np.asarray(p.drift_alpha, dtype=np.float64)
-    floats = [(kernel.F_SPIKE_Z, p.spike_z), (kernel.F_WASTE_Z, p.waste_z), (kernel.F_WASTE_REL, p.waste_rel),
-              (kernel.F_TARGET_REL, nan if p.target_rel is None else p.target_rel),
-              (kernel.F_FLAT_MIN_REL, p.flatline_min_rel), (kernel.F_STEP_Z, p.step_z),
-              (kernel.F_DRIFT_ALPHA, p.drift_alpha), (kernel.F_DRIFT_KEEP, 1 - alpha), (kernel.F_DRIFT_Z, p.drift_z),
-              (kernel.F_CLIP, p.sustained_clip), (kernel.F_IMPLAUSIBLE, p.implausible_factor),
-              (kernel.F_RATED, nan if rated is None else rated),
-              (kernel.F_CONTRACTED, nan if contracted is None else contracted)]
+    floats = [("spike_z", kernel.F_SPIKE_Z, p.spike_z), ("waste_z", kernel.F_WASTE_Z, p.waste_z),
+              ("waste_rel", kernel.F_WASTE_REL, p.waste_rel),
+              ("target_rel", kernel.F_TARGET_REL, nan if p.target_rel is None else p.target_rel),
+              ("flatline_min_rel", kernel.F_FLAT_MIN_REL, p.flatline_min_rel),
+              ("step_z", kernel.F_STEP_Z, p.step_z), ("drift_alpha", kernel.F_DRIFT_ALPHA, p.drift_alpha),
+              ("drift_alpha", kernel.F_DRIFT_KEEP, 1 - alpha), ("drift_z", kernel.F_DRIFT_Z, p.drift_z),
+              ("sustained_clip", kernel.F_CLIP, p.sustained_clip),
+              ("implausible_factor", kernel.F_IMPLAUSIBLE, p.implausible_factor),
+              ("rated_per_bucket", kernel.F_RATED, nan if rated is None else rated),
+              ("contracted_kw", kernel.F_CONTRACTED, nan if contracted is None else contracted)]
     fp = np.empty((m, kernel.N_FLOAT), dtype=np.float32)
-    for col, value in floats:
-        fp[:, col] = column(value, np.float32)
-    ints = [(kernel.I_SPIKE_MAX, p.spike_max_buckets), (kernel.I_FLAT_BUCKETS, p.flatline_buckets),
-            (kernel.I_GAP_BUCKETS, p.gap_buckets), (kernel.I_STEP_WINDOW, p.step_window),
-            (kernel.I_MIN_SUSTAINED, p.sustained_min_buckets), (kernel.I_MAX_WEEKS, p.max_weeks)]
+    for name, col, value in floats:
+        fp[:, col] = column(name, value, np.float32)
+    ints = [("spike_max_buckets", kernel.I_SPIKE_MAX, p.spike_max_buckets),
+            ("flatline_buckets", kernel.I_FLAT_BUCKETS, p.flatline_buckets),
+            ("gap_buckets", kernel.I_GAP_BUCKETS, p.gap_buckets), ("step_window", kernel.I_STEP_WINDOW, p.step_window),
+            ("sustained_min_buckets", kernel.I_MIN_SUSTAINED, p.sustained_min_buckets),
+            ("max_weeks", kernel.I_MAX_WEEKS, p.max_weeks)]
     ip = np.empty((m, kernel.N_INT), dtype=np.int64)
-    for col, value in ints:
-        ip[:, col] = column(value, np.int64)
+    for name, col, value in ints:
+        ip[:, col] = column(name, value, np.int64)
     return fp, ip
 
 

@@ -25,89 +25,99 @@ NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, 
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _sort_small(buf: np.ndarray, n: int) -> None:
-    """In-place ascending sort of buf[:n] by insertion: n is a few weeks' samples or a 5-bucket window."""
-    for i in range(1, n):
+@njit(nogil=True, cache=True)
+def _median_rank(buf: np.ndarray, n: int) -> np.float32:
+    """Median of buf[:n] by counting each value's rank: n^2 compares, but no branch to mispredict."""
+    klo = (n - 1) // 2
+    khi = n // 2
+    lo = np.float32(0.0)
+    hi = np.float32(0.0)
+    for i in range(n):
         v = buf[i]
-        j = i - 1
-        while j >= 0 and buf[j] > v:
-            buf[j + 1] = buf[j]
-            j -= 1
-        buf[j + 1] = v
+        rank = 0
+        for j in range(i):  # ties: the earlier value ranks first
+            rank += buf[j] <= v
+        for j in range(i + 1, n):
+            rank += buf[j] < v
+        lo = v if rank == klo else lo
+        hi = v if rank == khi else hi
+    return (lo + hi) * np.float32(0.5)
 
 
 @njit(nogil=True, cache=True)
-def _select(buf: np.ndarray, n: int, k: int) -> np.float32:
-    """The k-th smallest of buf[:n] (reorders buf): quickselect, linear time where a sort is n log n."""
-    lo = 0
-    hi = n - 1
-    while hi - lo > 16:
-        mid = (lo + hi) >> 1
-        # median of three as the pivot, moved to buf[lo]
-        a, b, c = buf[lo], buf[mid], buf[hi]
-        if a > b:
-            a, b = b, a
-        if b > c:
-            b, c = c, b
-            if a > b:
-                a, b = b, a
-        pivot = b
-        i = lo
-        j = hi
-        while i <= j:
-            while buf[i] < pivot:
-                i += 1
-            while buf[j] > pivot:
-                j -= 1
-            if i <= j:
-                buf[i], buf[j] = buf[j], buf[i]
-                i += 1
-                j -= 1
-        if k <= j:
-            hi = j
-        elif k >= i:
-            lo = i
-        else:
-            return buf[k]
-    # a short range left: sort it
-    for i in range(lo + 1, hi + 1):
-        v = buf[i]
-        j = i - 1
-        while j >= lo and buf[j] > v:
-            buf[j + 1] = buf[j]
-            j -= 1
-        buf[j + 1] = v
-    return buf[k]
+def _kth_key(keys: np.ndarray, n: int, k: int, hist: np.ndarray) -> np.uint32:
+    """The k-th smallest of keys[:n] (reorders keys): radix select, a byte at a time from the top."""
+    m = n
+    for shift in (24, 16, 8, 0):
+        hist[:] = 0
+        for i in range(m):
+            hist[(keys[i] >> shift) & 255] += 1
+        acc = 0
+        b = 0
+        while acc + hist[b] <= k:
+            acc += hist[b]
+            b += 1
+        k -= acc
+        j = 0
+        for i in range(m):  # keep only the keys in bucket b
+            key = keys[i]
+            keys[j] = key
+            j += ((key >> shift) & 255) == b
+        m = j
+        if m <= 24:  # few left: count ranks instead of more passes
+            out = keys[0]
+            for i in range(m):
+                v = keys[i]
+                rank = 0
+                for q in range(i):
+                    rank += keys[q] <= v
+                for q in range(i + 1, m):
+                    rank += keys[q] < v
+                out = v if rank == k else out
+            return out
+    return keys[k]
 
 
 @njit(nogil=True, cache=True)
-def _median(buf: np.ndarray, n: int) -> np.float32:
+def _median(buf: np.ndarray, n: int, keys: np.ndarray, hist: np.ndarray) -> np.float32:
     """Median of buf[:n] (no NaN in it; NaN if n == 0), as (lower middle + upper middle) / 2 in float32."""
     if n == 0:
         return np.float32(np.nan)
-    if n <= 16:
-        _sort_small(buf, n)
-        return (buf[(n - 1) // 2] + buf[n // 2]) * np.float32(0.5)
-    upper = _select(buf, n, n // 2)
-    lower = upper
-    if n % 2 == 0:  # the lower middle is the largest of the part left of the upper middle
-        lower = buf[0]
-        for i in range(1, n // 2):
-            if buf[i] > lower:
-                lower = buf[i]
+    if n <= 40:
+        return _median_rank(buf, n)
+    # floats as unsigned keys in the same order: flip all bits of negatives, the sign bit of the rest
+    bits = buf[:n].view(np.uint32)
+    for i in range(n):
+        b = bits[i]
+        keys[i] = b ^ (np.uint32(0xFFFFFFFF) if b >> 31 else np.uint32(0x80000000))
+    key = _kth_key(keys, n, (n - 1) // 2, hist)
+    target = key ^ (np.uint32(0x80000000) if key >> 31 else np.uint32(0xFFFFFFFF))
+    lower = np.float32(0.0)
+    for i in range(n):
+        if bits[i] == target:
+            lower = buf[i]
+    if n % 2 == 1:
+        return (lower + lower) * np.float32(0.5)
+    # the upper middle: the lower one again if it repeats, else the smallest value above it
+    at_most = 0
+    above = np.float32(np.inf)
+    for i in range(n):
+        v = buf[i]
+        at_most += v <= lower
+        above = min(above, v if v > lower else np.float32(np.inf))
+    upper = lower if at_most > n // 2 else above
     return (lower + upper) * np.float32(0.5)
 
 
 @njit(nogil=True, cache=True)
-def _nanmedian(values: np.ndarray, buf: np.ndarray) -> np.float32:
+def _nanmedian(values: np.ndarray, buf: np.ndarray, keys: np.ndarray, hist: np.ndarray) -> np.float32:
     """Median of the non-NaN entries of ``values`` (NaN if none), as fastops.nanmedian_rows computes it."""
     n = 0
     for v in values:
         if not np.isnan(v):
             buf[n] = v
             n += 1
-    return _median(buf, n)
+    return _median(buf, n, keys, hist)
 
 
 @njit(nogil=True, cache=True, inline="always")
@@ -234,6 +244,8 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
     k_mad = np.empty(n_kinds, np.float32)
     buf = np.empty(max(t, slots, n_kinds, 8) + 8, np.float32)
     cube_buf = np.empty(n_cells, np.float32)
+    keys = np.empty(buf.size, np.uint32)
+    hist = np.empty(256, np.int32)
     small = np.empty(max(16, ip[lo:hi, I_MAX_WEEKS].max() + 1), np.float32)
 
     for r in range(lo, hi):
@@ -245,7 +257,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
             if working[i] and row[i] >= 0:
                 buf[n] = row[i]
                 n += 1
-        wl = _median(buf, n)
+        wl = _median(buf, n, keys, hist)
         if np.isnan(wl):
             wl = f32(0.0)
         limit = fp[r, F_IMPLAUSIBLE] * max(wl, f32(1e-6))
@@ -289,12 +301,12 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                         if v < np.inf:
                             small[n] = v
                             n += 1
-                    med = _median(small, n)
+                    med = _median(small, n, keys, hist)
                     for i in range(n):
                         small[i] = abs(small[i] - med)
                     cell_med[w * slots + s] = med
-                    week_mad[s] = _median(small, n)
-            pooled = _nanmedian(week_mad, buf)
+                    week_mad[s] = _median(small, n, keys, hist)
+            pooled = _nanmedian(week_mad, buf, keys, hist)
             for s in range(slots):
                 med = cell_med[w * slots + s]
                 cell_spread[w * slots + s] = _fmax(_fmax(week_mad[s], pooled),
@@ -315,12 +327,12 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                 if not np.isnan(v):
                     buf[n] = v
                     n += 1
-            med = _median(buf, n)
+            med = _median(buf, n, keys, hist)
             for i in range(n):
                 buf[i] = abs(buf[i] - med)
             k_med[group_kind[g]] = med
-            k_mad[group_kind[g]] = _median(buf, n)
-        pooled = _nanmedian(k_mad, buf)
+            k_mad[group_kind[g]] = _median(buf, n, keys, hist)
+        pooled = _nanmedian(k_mad, buf, keys, hist)
         for k in range(n_kinds):
             k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], pooled), f32(0.02) * abs(k_med[k]))
         for i in range(t):
@@ -357,7 +369,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                     if not np.isnan(v):
                         small[n] = v
                         n += 1
-                contrast = (clean[i] - _median(small, n)) / sig_b[i]
+                contrast = (clean[i] - _median(small, n, keys, hist)) / sig_b[i]
                 hit = _nan_to_num(contrast) > half
             mask[i] = hit
         _keep_runs(mask, 1, ip[r, I_SPIKE_MAX], spike)
