@@ -120,6 +120,54 @@ def _nanmedian(values: np.ndarray, buf: np.ndarray, keys: np.ndarray, hist: np.n
     return _median(buf, n, keys, hist)
 
 
+@njit(nogil=True, cache=True)
+def _median_mad(buf: np.ndarray, n: int, srt: np.ndarray, keys: np.ndarray,
+                hist: np.ndarray) -> tuple[np.float32, np.float32]:
+    """Median of buf[:n] and the median of the absolute deviations from it, each as ``_median`` gives it.
+
+    A few dozen values: sort them once by counting ranks, then walk out from the middle, where the deviations
+    come in increasing order, to the middle deviation.
+    """
+    inf = np.float32(np.inf)
+    if n == 0:
+        return np.float32(np.nan), np.float32(np.nan)
+    if n > 40:
+        med = _median(buf, n, keys, hist)
+        for i in range(n):
+            buf[i] = abs(buf[i] - med)
+        return med, _median(buf, n, keys, hist)
+    for i in range(n):  # rank sort: the earlier of equal values first
+        v = buf[i]
+        rank = 0
+        if n <= 12:  # one loop over all: fewer, fuller vector steps for short rows
+            for j in range(n):
+                w = buf[j]
+                rank += (w < v) | ((w == v) & (j < i))
+        else:
+            for j in range(i):
+                rank += buf[j] <= v
+            for j in range(i + 1, n):
+                rank += buf[j] < v
+        srt[rank] = v
+    klo = (n - 1) // 2
+    khi = n // 2
+    med = (srt[klo] + srt[khi]) * np.float32(0.5)
+    left = klo  # srt[:klo + 1] <= med <= srt[klo + 1:]
+    right = klo + 1
+    lo = np.float32(0.0)
+    hi = np.float32(0.0)
+    for step in range(khi + 1):
+        dl = abs(srt[left] - med) if left >= 0 else inf
+        dr = abs(srt[right] - med) if right < n else inf
+        take_left = dl <= dr
+        d = dl if take_left else dr
+        left -= take_left
+        right += not take_left
+        lo = d if step == klo else lo
+        hi = d if step == khi else hi
+    return med, (lo + hi) * np.float32(0.5)
+
+
 @njit(nogil=True, cache=True, inline="always")
 def _nan_to_num(v: np.float32) -> np.float32:
     if np.isnan(v):
@@ -206,7 +254,7 @@ def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
 
 @njit(nogil=True, cache=True)
 def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: np.ndarray,
-                open_cum: np.ndarray, cell: np.ndarray, cube_pos: np.ndarray, slots: int, weeks: int,
+                open_cum: np.ndarray, cell: np.ndarray, slots: int, weeks: int,
                 col_kind: np.ndarray, group_cols: np.ndarray, group_start: np.ndarray, group_kind: np.ndarray,
                 n_kinds: int, fp: np.ndarray, ip: np.ndarray, has_target: bool, has_peak: bool, has_rated: bool,
                 cumulative: bool, kw_factor: np.float32, kind_out: np.ndarray, score_out: np.ndarray,
@@ -245,6 +293,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
     buf = np.empty(max(t, slots, n_kinds, 8) + 8, np.float32)
     cube_buf = np.empty(n_cells, np.float32)
     keys = np.empty(buf.size, np.uint32)
+    srt = np.empty(buf.size, np.float32)
     hist = np.empty(256, np.int32)
     small = np.empty(max(16, ip[lo:hi, I_MAX_WEEKS].max() + 1), np.float32)
 
@@ -301,11 +350,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                         if v < np.inf:
                             small[n] = v
                             n += 1
-                    med = _median(small, n, keys, hist)
-                    for i in range(n):
-                        small[i] = abs(small[i] - med)
+                    med, mad = _median_mad(small, n, srt, keys, hist)
                     cell_med[w * slots + s] = med
-                    week_mad[s] = _median(small, n, keys, hist)
+                    week_mad[s] = mad
             pooled = _nanmedian(week_mad, buf, keys, hist)
             for s in range(slots):
                 med = cell_med[w * slots + s]
@@ -327,11 +374,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                 if not np.isnan(v):
                     buf[n] = v
                     n += 1
-            med = _median(buf, n, keys, hist)
-            for i in range(n):
-                buf[i] = abs(buf[i] - med)
+            med, mad = _median_mad(buf, n, srt, keys, hist)
             k_med[group_kind[g]] = med
-            k_mad[group_kind[g]] = _median(buf, n, keys, hist)
+            k_mad[group_kind[g]] = mad
         pooled = _nanmedian(k_mad, buf, keys, hist)
         for k in range(n_kinds):
             k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], pooled), f32(0.02) * abs(k_med[k]))
