@@ -25,7 +25,7 @@ NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, 
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _median_rank(buf: np.ndarray, n: int) -> np.float32:
     """Median of buf[:n] by counting each value's rank: n^2 compares, but no branch to mispredict."""
     klo = (n - 1) // 2
@@ -44,7 +44,7 @@ def _median_rank(buf: np.ndarray, n: int) -> np.float32:
     return (lo + hi) * np.float32(0.5)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _kth_key(keys: np.ndarray, n: int, k: int, hist: np.ndarray) -> np.uint32:
     """The k-th smallest of keys[:n] (reorders keys): radix select, a byte at a time from the top."""
     m = n
@@ -78,7 +78,7 @@ def _kth_key(keys: np.ndarray, n: int, k: int, hist: np.ndarray) -> np.uint32:
     return keys[k]
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _median(buf: np.ndarray, n: int, keys: np.ndarray, hist: np.ndarray) -> np.float32:
     """Median of buf[:n] (no NaN in it; NaN if n == 0), as (lower middle + upper middle) / 2 in float32."""
     if n == 0:
@@ -109,7 +109,7 @@ def _median(buf: np.ndarray, n: int, keys: np.ndarray, hist: np.ndarray) -> np.f
     return (lower + upper) * np.float32(0.5)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _nanmedian(values: np.ndarray, buf: np.ndarray, keys: np.ndarray, hist: np.ndarray) -> np.float32:
     """Median of the non-NaN entries of ``values`` (NaN if none), as fastops.nanmedian_rows computes it."""
     n = 0
@@ -120,7 +120,7 @@ def _nanmedian(values: np.ndarray, buf: np.ndarray, keys: np.ndarray, hist: np.n
     return _median(buf, n, keys, hist)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _median_mad(buf: np.ndarray, n: int, srt: np.ndarray, keys: np.ndarray,
                 hist: np.ndarray) -> tuple[np.float32, np.float32]:
     """Median of buf[:n] and the median of the absolute deviations from it, each as ``_median`` gives it.
@@ -168,7 +168,7 @@ def _median_mad(buf: np.ndarray, n: int, srt: np.ndarray, keys: np.ndarray,
     return med, (lo + hi) * np.float32(0.5)
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _nan_to_num(v: np.float32) -> np.float32:
     if np.isnan(v):
         return np.float32(0.0)
@@ -179,7 +179,7 @@ def _nan_to_num(v: np.float32) -> np.float32:
     return v
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _fmax(a: np.float32, b: np.float32) -> np.float32:
     if np.isnan(a):
         return b
@@ -188,7 +188,7 @@ def _fmax(a: np.float32, b: np.float32) -> np.float32:
     return a if a >= b else b
 
 
-@njit(nogil=True, cache=True, inline="always")
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _mid(a: np.float32, b: np.float32, c: np.float32, d: np.float32, n: int) -> np.float32:
     """Median of the n finite values among sorted a <= b <= c <= d (the rest are +inf), NaN if n == 0."""
     half = np.float32(0.5)
@@ -203,7 +203,7 @@ def _mid(a: np.float32, b: np.float32, c: np.float32, d: np.float32, n: int) -> 
     return np.float32(np.nan)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _median_mad4(cube: np.ndarray, first: int, k: int, slots: int, med_out: np.ndarray, mad_out: np.ndarray) -> None:
     """Median and MAD, per slot, of the k <= 4 weeks of ``cube`` from offset ``first`` (+inf: no value)."""
     inf = np.float32(np.inf)
@@ -233,7 +233,7 @@ def _median_mad4(cube: np.ndarray, first: int, k: int, slots: int, med_out: np.n
         mad_out[s] = _mid(da, db, dc, dd, n)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
     """out = the True runs of ``mask`` whose length is within [lo, hi] (hi < 0: no upper limit)."""
     t = mask.size
@@ -252,7 +252,7 @@ def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
         i = j
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, error_model="numpy")
 def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: np.ndarray,
                 open_cum: np.ndarray, cell: np.ndarray, slots: int, weeks: int,
                 col_kind: np.ndarray, group_cols: np.ndarray, group_start: np.ndarray, group_kind: np.ndarray,
