@@ -165,12 +165,36 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     per_day = 1440 // step_minutes
     col_kind = (open_day.astype(np.int64) * per_day + np.asarray(masks.minute, dtype=np.int64) // step_minutes)
     closed_cols = np.flatnonzero(~working)
-    order = np.argsort(col_kind[closed_cols], kind="stable")
-    group_cols = closed_cols[order].astype(np.int64)
-    group_kind, counts = np.unique(col_kind[group_cols], return_counts=True)
-    group_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    return (working, open_day, open_cum, cell, grid.slots, grid.weeks, col_kind, group_cols, group_start,
-            group_kind.astype(np.int64), 2 * per_day)
+    group_kind = np.unique(col_kind[closed_cols])
+    members = [closed_cols[col_kind[closed_cols] == k] for k in group_kind]
+    depth = max((c.size for c in members), default=0)
+    gidx = np.full((depth, group_kind.size), -1, dtype=np.int64)  # [sample, group] -> column, -1: none
+    for g, cols in enumerate(members):
+        gidx[:cols.size, g] = cols
+    pairs = np.array(sorting_network(depth), dtype=np.int64).reshape(-1, 2)
+    return (working, open_day, open_cum, cell, grid.slots, grid.weeks, col_kind, gidx,
+            np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]), group_kind.astype(np.int64),
+            2 * per_day)
+
+
+def sorting_network(n: int) -> list[tuple[int, int]]:
+    """Comparators (i < j) of Batcher's odd-even merge sort for n inputs (padded to a power of two, pruned)."""
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    # the padding sits at the end and is +inf: a comparator reaching into it never swaps
+    return [(a, b) for a, b in pairs if b < n]
 
 
 def _param_tables(p: DetectorParams, m: int, rated: np.ndarray | None,

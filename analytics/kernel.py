@@ -45,13 +45,40 @@ def _median_rank(buf: np.ndarray, n: int) -> np.float32:
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _kth_key(keys: np.ndarray, n: int, k: int, hist: np.ndarray) -> np.uint32:
-    """The k-th smallest of keys[:n] (reorders keys): radix select, a byte at a time from the top."""
+def _kth(buf: np.ndarray, n: int, k: int, work: np.ndarray, hist: np.ndarray) -> np.float32:
+    """The k-th smallest of buf[:n] (finite values; buf is left as it is): bucket select.
+
+    Each round spreads the values over 256 equal buckets between their min and max (a monotone map, so the
+    bucket order is the value order), keeps the one bucket holding the k-th, and ends by counting ranks.
+    """
+    src = buf
     m = n
-    for shift in (24, 16, 8, 0):
+    while True:
+        if m <= 24:
+            out = src[0]
+            for i in range(m):
+                v = src[i]
+                rank = 0
+                for q in range(i):
+                    rank += src[q] <= v
+                for q in range(i + 1, m):
+                    rank += src[q] < v
+                out = v if rank == k else out
+            return out
+        lo = src[0]
+        hi = src[0]
+        for i in range(1, m):
+            lo = min(lo, src[i])
+            hi = max(hi, src[i])
+        if lo == hi:
+            return lo
+        if not np.isfinite(np.float64(hi) - np.float64(lo)):  # an infinite value: no equal buckets to make
+            return np.sort(src[:m])[k]
+        base = np.float64(lo)
+        scale = 255.0 / (np.float64(hi) - base)
         hist[:] = 0
         for i in range(m):
-            hist[(keys[i] >> shift) & 255] += 1
+            hist[min(int((np.float64(src[i]) - base) * scale), 255)] += 1
         acc = 0
         b = 0
         while acc + hist[b] <= k:
@@ -59,43 +86,22 @@ def _kth_key(keys: np.ndarray, n: int, k: int, hist: np.ndarray) -> np.uint32:
             b += 1
         k -= acc
         j = 0
-        for i in range(m):  # keep only the keys in bucket b
-            key = keys[i]
-            keys[j] = key
-            j += ((key >> shift) & 255) == b
+        for i in range(m):  # keep the values of bucket b
+            v = src[i]
+            work[j] = v
+            j += min(int((np.float64(v) - base) * scale), 255) == b
         m = j
-        if m <= 24:  # few left: count ranks instead of more passes
-            out = keys[0]
-            for i in range(m):
-                v = keys[i]
-                rank = 0
-                for q in range(i):
-                    rank += keys[q] <= v
-                for q in range(i + 1, m):
-                    rank += keys[q] < v
-                out = v if rank == k else out
-            return out
-    return keys[k]
+        src = work
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _median(buf: np.ndarray, n: int, keys: np.ndarray, hist: np.ndarray) -> np.float32:
+def _median(buf: np.ndarray, n: int, work: np.ndarray, hist: np.ndarray) -> np.float32:
     """Median of buf[:n] (no NaN in it; NaN if n == 0), as (lower middle + upper middle) / 2 in float32."""
     if n == 0:
         return np.float32(np.nan)
     if n <= 40:
         return _median_rank(buf, n)
-    # floats as unsigned keys in the same order: flip all bits of negatives, the sign bit of the rest
-    bits = buf[:n].view(np.uint32)
-    for i in range(n):
-        b = bits[i]
-        keys[i] = b ^ (np.uint32(0xFFFFFFFF) if b >> 31 else np.uint32(0x80000000))
-    key = _kth_key(keys, n, (n - 1) // 2, hist)
-    target = key ^ (np.uint32(0x80000000) if key >> 31 else np.uint32(0xFFFFFFFF))
-    lower = np.float32(0.0)
-    for i in range(n):
-        if bits[i] == target:
-            lower = buf[i]
+    lower = _kth(buf, n, (n - 1) // 2, work, hist)
     if n % 2 == 1:
         return (lower + lower) * np.float32(0.5)
     # the upper middle: the lower one again if it repeats, else the smallest value above it
@@ -234,6 +240,19 @@ def _median_mad4(cube: np.ndarray, first: int, k: int, slots: int, med_out: np.n
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
+def _sort_columns(block: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, width: int) -> None:
+    """Sort each column of ``block`` ascending with the comparators (cmp_a[i] < cmp_b[i]) of a sorting network."""
+    for c in range(cmp_a.size):
+        top = block[cmp_a[c]]
+        bottom = block[cmp_b[c]]
+        for g in range(width):
+            a = top[g]
+            b = bottom[g]
+            top[g] = a if a < b else b
+            bottom[g] = b if a < b else a
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
 def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
     """out = the True runs of ``mask`` whose length is within [lo, hi] (hi < 0: no upper limit)."""
     t = mask.size
@@ -255,7 +274,7 @@ def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
 @njit(nogil=True, cache=True, error_model="numpy")
 def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: np.ndarray,
                 open_cum: np.ndarray, cell: np.ndarray, slots: int, weeks: int,
-                col_kind: np.ndarray, group_cols: np.ndarray, group_start: np.ndarray, group_kind: np.ndarray,
+                col_kind: np.ndarray, gidx: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, group_kind: np.ndarray,
                 n_kinds: int, fp: np.ndarray, ip: np.ndarray, has_target: bool, has_peak: bool, has_rated: bool,
                 cumulative: bool, kw_factor: np.float32, kind_out: np.ndarray, score_out: np.ndarray,
                 expected_out: np.ndarray, excess_out: np.ndarray, with_expected: bool) -> None:
@@ -292,9 +311,13 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
     k_mad = np.empty(n_kinds, np.float32)
     buf = np.empty(max(t, slots, n_kinds, 8) + 8, np.float32)
     cube_buf = np.empty(n_cells, np.float32)
-    keys = np.empty(buf.size, np.uint32)
+    keys = np.empty(buf.size, np.float32)  # scratch of the selects
     srt = np.empty(buf.size, np.float32)
     hist = np.empty(256, np.int32)
+    block = np.empty((gidx.shape[0], group_kind.size), np.float32)
+    cnt = np.empty(group_kind.size, np.int64)
+    gmed = np.empty(group_kind.size, np.float32)
+    inf = f32(np.inf)
     small = np.empty(max(16, ip[lo:hi, I_MAX_WEEKS].max() + 1), np.float32)
 
     for r in range(lo, hi):
@@ -367,16 +390,31 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
         for k in range(n_kinds):
             k_med[k] = nan
             k_mad[k] = nan
-        for g in range(group_kind.size):
-            n = 0
-            for j in range(group_start[g], group_start[g + 1]):
-                v = clean[group_cols[j]]
-                if not np.isnan(v):
-                    buf[n] = v
-                    n += 1
-            med, mad = _median_mad(buf, n, srt, keys, hist)
-            k_med[group_kind[g]] = med
-            k_mad[group_kind[g]] = mad
+        # every group at once: a [samples x groups] block (+inf where no value), sorted down the columns by one
+        # sorting network, so each step is a vector min/max across the groups
+        n_groups = group_kind.size
+        for j in range(gidx.shape[0]):
+            for g in range(n_groups):
+                c = gidx[j, g]
+                v = clean[c] if c >= 0 else inf
+                block[j, g] = inf if np.isnan(v) else v
+        for g in range(n_groups):
+            cnt[g] = 0
+        for j in range(gidx.shape[0]):
+            for g in range(n_groups):
+                cnt[g] += block[j, g] < inf
+        _sort_columns(block, cmp_a, cmp_b, n_groups)
+        for g in range(n_groups):
+            n = cnt[g]
+            gmed[g] = (block[(n - 1) // 2, g] + block[n // 2, g]) * f32(0.5) if n > 0 else nan
+        for j in range(gidx.shape[0]):
+            for g in range(n_groups):
+                block[j, g] = abs(block[j, g] - gmed[g]) if j < cnt[g] else inf
+        _sort_columns(block, cmp_a, cmp_b, n_groups)
+        for g in range(n_groups):
+            n = cnt[g]
+            k_med[group_kind[g]] = gmed[g]
+            k_mad[group_kind[g]] = (block[(n - 1) // 2, g] + block[n // 2, g]) * f32(0.5) if n > 0 else nan
         pooled = _nanmedian(k_mad, buf, keys, hist)
         for k in range(n_kinds):
             k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], pooled), f32(0.02) * abs(k_med[k]))
