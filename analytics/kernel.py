@@ -23,6 +23,7 @@ N_INT = 6
 NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, PEAK = range(10)
 
 _F32_MAX = np.float32(np.finfo(np.float32).max)
+_BUCKETS = 128  # of each round of a bucket select
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -48,7 +49,7 @@ def _median_rank(buf: np.ndarray, n: int) -> np.float32:
 def _kth(buf: np.ndarray, n: int, k: int, work: np.ndarray, hist: np.ndarray) -> np.float32:
     """The k-th smallest of buf[:n] (finite values; buf is left as it is): bucket select.
 
-    Each round spreads the values over 256 equal buckets between their min and max (a monotone map, so the
+    Each round spreads the values over 128 equal buckets between their min and max (a monotone map, so the
     bucket order is the value order), keeps the one bucket holding the k-th, and ends by counting ranks.
     """
     src = buf
@@ -72,13 +73,12 @@ def _kth(buf: np.ndarray, n: int, k: int, work: np.ndarray, hist: np.ndarray) ->
             hi = max(hi, src[i])
         if lo == hi:
             return lo
-        if not np.isfinite(np.float64(hi) - np.float64(lo)):  # an infinite value: no equal buckets to make
+        scale = np.float32(_BUCKETS - 1) / (hi - lo)  # float32 is enough: any monotone map will do
+        if not (np.isfinite(scale) and scale > 0):  # an infinite or vanishing span: no equal buckets to make
             return np.sort(src[:m])[k]
-        base = np.float64(lo)
-        scale = 255.0 / (np.float64(hi) - base)
-        hist[:] = 0
+        hist[:_BUCKETS] = 0
         for i in range(m):
-            hist[min(int((np.float64(src[i]) - base) * scale), 255)] += 1
+            hist[min(int((src[i] - lo) * scale), _BUCKETS - 1)] += 1
         acc = 0
         b = 0
         while acc + hist[b] <= k:
@@ -89,7 +89,7 @@ def _kth(buf: np.ndarray, n: int, k: int, work: np.ndarray, hist: np.ndarray) ->
         for i in range(m):  # keep the values of bucket b
             v = src[i]
             work[j] = v
-            j += min(int((np.float64(v) - base) * scale), 255) == b
+            j += min(int((v - lo) * scale), _BUCKETS - 1) == b
         m = j
         src = work
 

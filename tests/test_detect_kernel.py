@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analytics import kernel
 from analytics.detectors import DetectorParams, detect, params_for
 from analytics.reference import reference_detect
 from bems.calendar import default_calendar
@@ -71,3 +72,23 @@ def test_a_per_meter_parameter_of_the_wrong_length_is_named() -> None:
     x = matrix(10, times.size, masks)
     with pytest.raises(ValueError, match="spike_z"):
         detect(x, masks=masks, step_minutes=60, params=DetectorParams(spike_z=np.ones(3)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("case", ["uniform", "ties", "huge_span", "infinite", "subnormal"])
+def test_kernel_median_is_the_sorted_middle(case: str) -> None:
+    rng = np.random.default_rng(len(case))
+    work, hist = np.empty(1000, np.float32), np.empty(256, np.int32)
+    for n in (1, 2, 7, 40, 41, 168, 337, 600):
+        v = rng.random(n).astype(np.float32)
+        if case == "ties":
+            v = np.round(v * 3).astype(np.float32)
+        elif case == "huge_span":
+            v[: n // 2], v[n // 2:] = np.float32(3e38), np.float32(-3e38)
+        elif case == "infinite":
+            v[0] = np.inf
+        elif case == "subnormal":
+            v = (v * np.float32(1e-40)).astype(np.float32)
+        s = np.sort(v)
+        with np.errstate(over="ignore"):
+            want = (s[(n - 1) // 2] + s[n // 2]) * np.float32(0.5)
+        assert kernel._median(v.copy(), n, work, hist) == want, (case, n)
