@@ -464,11 +464,14 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
         alpha = fp[r, F_DRIFT_ALPHA]
         keep_w = fp[r, F_DRIFT_KEEP]  # float32(1 - alpha), rounded once as the reference does
         level = f32(0.0)
-        for i in range(t):
+        window = min(ip[r, I_STEP_WINDOW], t)
+        step_z = fp[r, F_STEP_Z]
+        drift_z = fp[r, F_DRIFT_Z]
+        other_cum[0] = 0
+        for i in range(t):  # one loop: the rest of the work hides the EWMA's chain of dependent steps
             z = zc[i]
             if not np.isnan(z):
                 z = min(max(z, -clip), clip)
-                zc[i] = z
                 cs[i + 1] = cs[i] + np.float64(z)
                 cn[i + 1] = cn[i] + 1
                 level = level * keep_w
@@ -477,17 +480,12 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                 cs[i + 1] = cs[i]
                 cn[i + 1] = cn[i]
             level_a[i] = level
-        window = min(ip[r, I_STEP_WINDOW], t)
-        step_z = fp[r, F_STEP_Z]
-        drift_z = fp[r, F_DRIFT_Z]
-        other_cum[0] = 0
-        for i in range(t):
             a = i + 1 - window if i >= window else 0
             count = cn[i + 1] - cn[a]
-            total = cs[i + 1] - cs[a]
-            short0[i] = f32(total / count) if count > 0 else f32(0.0)
-            sustained[i] = abs(short0[i]) > step_z or abs(level_a[i]) > drift_z
-            other_cum[i + 1] = other_cum[i] + (1 if (gap[i] or flat[i] or spike[i] or bad[i]) else 0)
+            sh = f32((cs[i + 1] - cs[a]) / count) if count > 0 else f32(0.0)
+            short0[i] = sh
+            sustained[i] = abs(sh) > step_z or abs(level) > drift_z
+            other_cum[i + 1] = other_cum[i] + (gap[i] or flat[i] or spike[i] or bad[i])
             step_f[i] = False
             drift_f[i] = False
         i = 0
