@@ -293,6 +293,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
     short0 = np.empty(t, np.float32)
     level_a = np.empty(t, np.float32)
     mask = np.empty(t, np.bool_)
+    zero = np.empty(t, np.bool_)
     gap = np.empty(t, np.bool_)
     flat = np.empty(t, np.bool_)
     spike = np.empty(t, np.bool_)
@@ -337,18 +338,26 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
             rated = f32(1.5) * fp[r, F_RATED]
             if not np.isnan(rated) and rated < limit:
                 limit = rated
+        # one pass: the clean row, the gap and flatline candidates, the row on the [weeks x slots] grid (+inf
+        # where no value, so it sorts last)
+        cube = cube_buf[:n_cells]
+        cube[:] = np.inf
+        seen = False
         for i in range(t):
             v = row[i]
             b = v < 0 or v > limit
             bad[i] = b
-            clean[i] = nan if b else v
-
-        # gap: missing after the meter's first reading
-        seen = False
-        for i in range(t):
-            miss = np.isnan(row[i])
+            cv = nan if b else v
+            clean[i] = cv
+            miss = np.isnan(v)
             seen = seen or not miss
-            mask[i] = miss and seen
+            mask[i] = miss and seen  # missing after the meter's first reading
+            if cumulative:  # zero, or an instantaneous value repeated exactly
+                zero[i] = abs(cv) < f32(1e-9)
+            else:
+                zero[i] = i > 0 and cv == clean[i - 1]
+            if not np.isnan(cv):
+                cube[cell[i]] = cv
         _keep_runs(mask, ip[r, I_GAP_BUCKETS], -1, gap)
 
         # hour-of-week baseline: median and MAD of the same slot over the previous weeks, spread pooled per week
@@ -356,11 +365,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
         for s in range(slots):
             cell_med[s] = nan
             cell_spread[s] = nan
-        cube = cube_buf[:n_cells]  # the row on the [weeks x slots] grid, +inf where no value (sorts last)
-        cube[:] = np.inf
-        for i in range(t):
-            if not np.isnan(clean[i]):
-                cube[cell[i]] = clean[i]
         for w in range(1, weeks):
             k = min(w, max_weeks)
             if k <= 4:  # the usual case: a branch-free sorting network over four weeks (missing ones +inf)
@@ -383,8 +387,13 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                                                    _fmax(f32(0.05) * abs(med), f32(1e-3)))
         for i in range(t):
             c = cell[i]
-            exp_b[i] = cell_med[c]
-            sig_b[i] = f32(1.4826) * cell_spread[c]
+            e = cell_med[c]
+            sg = f32(1.4826) * cell_spread[c]
+            exp_b[i] = e
+            sig_b[i] = sg
+            z = (clean[i] - e) / sg
+            zc[i] = z
+            up[i] = _nan_to_num(z)
 
         # closed-hours level per slot of the day, apart for open and closed days, over the whole window
         for k in range(n_kinds):
@@ -423,12 +432,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
             sig_c[i] = k_sig[col_kind[i]]
 
         # flatline: zero (or a repeated instantaneous value) for a while where consumption was expected
-        for i in range(t):
-            if cumulative:
-                mask[i] = abs(clean[i]) < f32(1e-9)
-            else:
-                mask[i] = i > 0 and clean[i] == clean[i - 1]
-        _keep_runs(mask, ip[r, I_FLAT_BUCKETS], -1, flat)
+        _keep_runs(zero, ip[r, I_FLAT_BUCKETS], -1, flat)
         flat_min = fp[r, F_FLAT_MIN_REL] * wl
         for i in range(t):
             if flat[i]:
@@ -440,11 +444,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
         # spike: far above the baseline and above its own neighbours, for a short run
         half = spike_z / f32(2)
         for i in range(t):
-            z = (clean[i] - exp_b[i]) / sig_b[i]
-            zc[i] = z
-            u = _nan_to_num(z)
-            up[i] = u
-            hit = u > spike_z
+            hit = up[i] > spike_z
             if hit:
                 n = 0
                 for j in range(i - 2, i + 3):
