@@ -1,9 +1,11 @@
 """The detector pass compiled per meter (numba): every detector in one sweep over a meter's row.
 
 The numpy formulation (``analytics.reference``) makes ~150 passes over the whole matrix and its temporaries; here
-each meter's row stays in the CPU cache while every detector reads it, so the full pass costs a few times one
-``np.sum``. The arithmetic is the reference's, step for step in float32 (float64 where it accumulates), so both
-give the same flags; ``tests/test_detect_kernel.py`` holds them to it.
+each meter's row stays in the CPU cache while every detector reads it: ~27 ns of CPU per bucket here, some 10x
+less than the numpy formulation (bench/analytics.py). The medians are the costly part: a sorting network across
+weeks or across groups where the samples are few, rank counting or a bucket select where they are many.
+The arithmetic is the reference's, step for step in float32 (float64 where it accumulates), so both give the same
+flags; ``tests/test_detect_kernel.py`` holds them to it.
 """
 
 from __future__ import annotations
