@@ -1,28 +1,32 @@
-"""Vectorized detectors over a [meters x buckets] consumption matrix: no per-meter Python loop.
+"""Detectors over a [meters x buckets] consumption matrix: no per-meter Python loop.
 
-Every detector turns the matrix into a boolean map of the same shape plus a score (the statistic divided by its
-threshold, so a score >= 1 is an anomaly). ``detect`` runs them all and gives every bucket one type, by priority.
-Parameters are documented in :class:`DetectorParams`; each may be a scalar or an array of shape [meters] to tune
-a meter on its own. Large fleets are processed in blocks of meters so memory stays a small multiple of the input.
+Every detector flags buckets and scores them (the statistic divided by its threshold, so a score >= 1 is an
+anomaly). ``detect`` runs them all and gives every bucket one type, by priority. Parameters are documented in
+:class:`DetectorParams`; each may be a scalar or an array of shape [meters] to tune a meter on its own.
+The work is one compiled sweep per meter (``analytics.kernel``), blocks of meters on every core, so memory stays
+the input plus the outputs; ``analytics.reference`` states the same detectors in numpy, and the tests hold the
+two to the same result.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from analytics.baseline import closed_hours_profile, trailing_how_baseline, week_grid
-from analytics.fastops import centered_median5, keep_runs, nanmedian_rows, paint, rolling_mean, runs
-from analytics.fastops import ewma as _ewma
+from analytics import kernel
+from analytics.baseline import week_grid
+from analytics.kernel import detect_rows
 from bems.calendar import CalendarMasks
 
 # priority order: the first flagged type names the bucket
 ANOMALY_TYPES = ("negative", "implausible", "gap", "flatline", "spike", "holiday", "after_hours", "step", "drift",
                  "peak")
-BLOCK_CELLS = 2_000_000  # meters x buckets per block: temporaries stay a few tens of MB
+BLOCK_CELLS = 2_000_000  # meters x buckets per block of the numpy reference: temporaries stay a few tens of MB
+BLOCK_METERS = 2_000  # meters per block handed to one thread of the compiled kernel
 
 
 @dataclass(frozen=True)
@@ -112,24 +116,120 @@ def detect(x: np.ndarray, *, masks: CalendarMasks, step_minutes: int, params: De
 
     ``masks`` are the building calendar's masks over T (``OfficeCalendar.bucket_masks``); ``rated_per_bucket``
     [M] is the most a meter can use in one bucket; ``contracted_kw`` [M] (NaN: none) enables the peak detector.
-    Per-meter parameters given as arrays are split with the meters. ``cumulative=False`` reads ``x`` as an
-    instantaneous quantity (mean power per bucket): a stuck register then repeats its value instead of reading 0.
+    Per-meter parameters may be arrays of shape [M]. ``cumulative=False`` reads ``x`` as an instantaneous
+    quantity (mean power per bucket): a stuck register then repeats its value instead of reading 0.
+    The work runs in the compiled per-meter kernel, blocks of meters spread over the CPU's cores.
     """
     p = params or DetectorParams()
-    x = np.asarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"detect needs a [meters, buckets] matrix, got shape {x.shape}")
     m, t = x.shape
-    grid = week_grid(masks.local_weekday, masks.minute, step_minutes)
     out = Detection(kind=np.empty((m, t), dtype=np.int8), score=np.empty((m, t), dtype=np.float32),
                     expected=np.empty((m, t), dtype=np.float32) if with_expected else None,
                     excess=np.empty((m, t), dtype=np.float32) if with_expected else None)
-    block = max(1, BLOCK_CELLS // max(t, 1))
-    for lo in range(0, m, block):  # blocks of meters: bounded memory, every step inside vectorized
-        hi = min(m, lo + block)
-        sub = _block_params(p, lo, hi, m)
-        rated = None if rated_per_bucket is None else np.asarray(rated_per_bucket)[lo:hi]
-        contracted = None if contracted_kw is None else np.asarray(contracted_kw)[lo:hi]
-        _detect_block(x[lo:hi], masks, grid, step_minutes, sub, rated, contracted, out, lo, cumulative)
+    if m == 0 or t == 0:
+        return out
+    layout = _layout(masks, step_minutes)
+    fp, ip = _param_tables(p, m, rated_per_bucket, contracted_kw)
+    no_output = np.empty((0, 0), dtype=np.float32)
+
+    def run(lo: int, hi: int) -> None:
+        detect_rows(x, lo, hi, *layout, fp, ip, p.target_rel is not None, contracted_kw is not None,
+                    rated_per_bucket is not None, cumulative, np.float32(60.0 / step_minutes), out.kind, out.score,
+                    no_output if out.expected is None else out.expected,
+                    no_output if out.excess is None else out.excess, with_expected)
+
+    block = max(1, min(BLOCK_METERS, -(-m // _threads())))
+    spans = [(lo, min(m, lo + block)) for lo in range(0, m, block)]
+    if len(spans) == 1:
+        run(*spans[0])
+    else:  # the kernel releases the GIL: blocks run side by side
+        with ThreadPoolExecutor(max_workers=_threads()) as pool:
+            for f in [pool.submit(run, lo, hi) for lo, hi in spans]:
+                f.result()
     return out
+
+
+def _threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[type-arg]
+    """The calendar's shape as index arrays the kernel walks: hour-of-week cells and closed-hours groups."""
+    working = np.ascontiguousarray(masks.working, dtype=np.bool_)
+    open_day = np.ascontiguousarray(masks.open_day, dtype=np.bool_)
+    open_cum = np.concatenate([[0], np.cumsum(working)]).astype(np.int64)
+    grid = week_grid(masks.local_weekday, masks.minute, step_minutes)
+    cell = (grid.week * grid.slots + grid.slot).astype(np.int64)  # a cell seen twice keeps its last column
+    per_day = 1440 // step_minutes
+    col_kind = (open_day.astype(np.int64) * per_day + np.asarray(masks.minute, dtype=np.int64) // step_minutes)
+    closed_cols = np.flatnonzero(~working)
+    group_kind = np.unique(col_kind[closed_cols])
+    members = [closed_cols[col_kind[closed_cols] == k] for k in group_kind]
+    depth = max((c.size for c in members), default=0)
+    gidx = np.full((depth, group_kind.size), -1, dtype=np.int64)  # [sample, group] -> column, -1: none
+    for g, cols in enumerate(members):
+        gidx[:cols.size, g] = cols
+    pairs = np.array(sorting_network(depth), dtype=np.int64).reshape(-1, 2)
+    return (working, open_day, open_cum, cell, grid.slots, grid.weeks, col_kind, gidx,
+            np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]), group_kind.astype(np.int64),
+            2 * per_day)
+
+
+def sorting_network(n: int) -> list[tuple[int, int]]:
+    """Comparators (i < j) of Batcher's odd-even merge sort for n inputs (padded to a power of two, pruned)."""
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    # the padding sits at the end and is +inf: a comparator reaching into it never swaps
+    return [(a, b) for a, b in pairs if b < n]
+
+
+def _param_tables(p: DetectorParams, m: int, rated: np.ndarray | None,
+                  contracted: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every parameter as one row per meter: scalars repeated, per-meter arrays as given."""
+    def column(name: str, value: object, dtype: type) -> np.ndarray:
+        arr = np.asarray(value, dtype=dtype)
+        if arr.ndim and arr.shape != (m,):
+            raise ValueError(f"{name} has shape {arr.shape}: give one number, or one per meter (shape ({m},))")
+        return np.broadcast_to(arr, (m,))
+
+    nan = np.float32(np.nan)
+    alpha = np.asarray(p.drift_alpha, dtype=np.float64)
+    floats = [("spike_z", kernel.F_SPIKE_Z, p.spike_z), ("waste_z", kernel.F_WASTE_Z, p.waste_z),
+              ("waste_rel", kernel.F_WASTE_REL, p.waste_rel),
+              ("target_rel", kernel.F_TARGET_REL, nan if p.target_rel is None else p.target_rel),
+              ("flatline_min_rel", kernel.F_FLAT_MIN_REL, p.flatline_min_rel),
+              ("step_z", kernel.F_STEP_Z, p.step_z), ("drift_alpha", kernel.F_DRIFT_ALPHA, p.drift_alpha),
+              ("drift_alpha", kernel.F_DRIFT_KEEP, 1 - alpha), ("drift_z", kernel.F_DRIFT_Z, p.drift_z),
+              ("sustained_clip", kernel.F_CLIP, p.sustained_clip),
+              ("implausible_factor", kernel.F_IMPLAUSIBLE, p.implausible_factor),
+              ("rated_per_bucket", kernel.F_RATED, nan if rated is None else rated),
+              ("contracted_kw", kernel.F_CONTRACTED, nan if contracted is None else contracted)]
+    fp = np.empty((m, kernel.N_FLOAT), dtype=np.float32)
+    for name, col, value in floats:
+        fp[:, col] = column(name, value, np.float32)
+    ints = [("spike_max_buckets", kernel.I_SPIKE_MAX, p.spike_max_buckets),
+            ("flatline_buckets", kernel.I_FLAT_BUCKETS, p.flatline_buckets),
+            ("gap_buckets", kernel.I_GAP_BUCKETS, p.gap_buckets), ("step_window", kernel.I_STEP_WINDOW, p.step_window),
+            ("sustained_min_buckets", kernel.I_MIN_SUSTAINED, p.sustained_min_buckets),
+            ("max_weeks", kernel.I_MAX_WEEKS, p.max_weeks)]
+    ip = np.empty((m, kernel.N_INT), dtype=np.int64)
+    for name, col, value in ints:
+        ip[:, col] = column(name, value, np.int64)
+    return fp, ip
 
 
 def events(kind: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -150,123 +250,3 @@ def _block_params(p: DetectorParams, lo: int, hi: int, m: int) -> DetectorParams
     changes = {f.name: np.asarray(getattr(p, f.name))[lo:hi] for f in fields(p)
                if np.ndim(getattr(p, f.name)) == 1 and np.shape(getattr(p, f.name))[0] == m}
     return DetectorParams(**{**p.__dict__, **changes}) if changes else p
-
-
-def _detect_block(x: np.ndarray, masks: CalendarMasks, grid, step_minutes: int, p: DetectorParams,  # type: ignore[no-untyped-def]
-                  rated: np.ndarray | None, contracted: np.ndarray | None, out: Detection, lo: int,
-                  cumulative: bool) -> None:
-    m, t = x.shape
-    working = np.asarray(masks.working, dtype=bool)
-    closed = ~working
-    flags: dict[str, np.ndarray] = {}
-    # score of each type, computed only where that type is flagged (index arrays in, values out)
-    scores: dict[str, Callable[[tuple[np.ndarray, np.ndarray]], np.ndarray]] = {}
-    one = lambda i: np.ones(i[0].size, dtype=np.float32)  # noqa: E731
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        missing = np.isnan(x)
-        # the meter's typical working-hours use: a median, so one wild reading cannot move it
-        working_level = nanmedian_rows(np.where(x[:, working] >= 0, x[:, working], np.nan))[:, None]
-        working_level = np.nan_to_num(working_level, nan=0.0)
-        flags["negative"] = x < 0
-        limit = _col(p.implausible_factor, m) * np.maximum(working_level, 1e-6)
-        if rated is not None:
-            limit = np.fmin(limit, np.float32(1.5) * np.asarray(rated, dtype=np.float32).reshape(-1, 1))
-        flags["implausible"] = x > limit
-        bad = flags["negative"] | flags["implausible"]
-        clean = np.where(bad, np.float32(np.nan), x) if bad.any() else x
-        scores["negative"] = lambda i: 1 + np.abs(x[i])
-        scores["implausible"] = lambda i: x[i] / limit[i[0], 0]
-
-        seen = np.logical_or.accumulate(~missing, axis=1)  # before a meter's first reading is not a gap
-        flags["gap"] = keep_runs(missing & seen, p.gap_buckets)
-        scores["gap"] = one
-
-        base = trailing_how_baseline(clean, grid, max_weeks=p.max_weeks)
-        z = (clean - base.expected) / base.sigma
-        exp_closed, sigma_closed = closed_hours_profile(clean, closed, masks.open_day,
-                                                        masks.minute // step_minutes, 1440 // step_minutes)
-        if cumulative:
-            zero = np.abs(clean) < 1e-9  # NaN compares False
-        else:  # an instantaneous value that repeats exactly, reading after reading
-            zero = np.zeros_like(missing)
-            zero[:, 1:] = clean[:, 1:] == clean[:, :-1]
-        flat = keep_runs(zero, p.flatline_buckets)
-        fi = np.nonzero(flat)
-        if fi[0].size:  # keep only the zeros where consumption was expected
-            exp_at = np.where(closed[fi[1]], exp_closed[fi], base.expected[fi])
-            exp_at = np.where(np.isnan(exp_at), working_level[fi[0], 0], exp_at)
-            keep = exp_at > _col(p.flatline_min_rel, m)[fi[0], 0] * working_level[fi[0], 0]
-            flat[fi[0][~keep], fi[1][~keep]] = False
-        flags["flatline"] = flat
-        scores["flatline"] = one
-
-        up = np.nan_to_num(z, nan=0.0)
-        spike_z = _col(p.spike_z, m)
-        spike_hi = up > spike_z
-        si = np.nonzero(spike_hi)
-        if si[0].size:  # a spike stands out from its own neighbours too, which a weather-driven rise does not
-            local = centered_median5(clean[si[0][:, None], np.clip(si[1][:, None] + np.arange(-2, 3), 0, t - 1)])
-            contrast = (clean[si] - local[:, 2]) / base.sigma[si]
-            drop = ~(np.nan_to_num(contrast) > spike_z[si[0], 0] / 2)
-            spike_hi[si[0][drop], si[1][drop]] = False
-        flags["spike"] = keep_runs(spike_hi, 1, p.spike_max_buckets)
-        scores["spike"] = lambda i: up[i] / spike_z[i[0], 0]
-
-        excess_closed = clean - exp_closed
-        threshold = np.fmax(_col(p.waste_z, m) * sigma_closed, _col(p.waste_rel, m) * working_level)
-        waste = closed[None, :] & (excess_closed > threshold)
-        if p.target_rel is not None:
-            waste |= closed[None, :] & (clean > _col(p.target_rel, m) * working_level)
-        hol = ~np.asarray(masks.open_day, dtype=bool)[None, :]  # weekends and holidays: a closed day
-        flags["holiday"] = waste & hol
-        flags["after_hours"] = waste & ~hol
-        scores["holiday"] = scores["after_hours"] = lambda i: np.nan_to_num(excess_closed[i] / threshold[i], nan=1)
-
-        zc = np.clip(z, -p.sustained_clip, p.sustained_clip)
-        short = rolling_mean(zc, p.step_window)
-        level = _ewma(zc, p.drift_alpha)
-        short0 = np.nan_to_num(short)
-        sustained = (np.abs(short0) > _col(p.step_z, m)) | (np.abs(level) > _col(p.drift_z, m))
-        rows, s, e = runs(sustained)
-        if rows.size:
-            # a level change lasts, reaches into working hours (else it is after-hours waste), and is not a
-            # gap, flatline or spike seen from afar
-            data = np.zeros((m, t + 1), dtype=np.int32)
-            np.cumsum(flags["gap"] | flags["flatline"] | flags["spike"] | bad, axis=1, out=data[:, 1:])
-            open_cum = np.concatenate([[0], np.cumsum(working)])
-            overlap = (data[rows, e] - data[rows, s]) / np.maximum(e - s, 1)
-            keep = (e - s >= p.sustained_min_buckets) & (overlap < 0.3) & (open_cum[e] > open_cum[s])
-            rows, s, e = rows[keep], s[keep], e[keep]
-        # a step jumps: the window mean right after the onset is already beyond step_z; a drift creeps
-        onset = np.minimum(s + p.step_window - 1, t - 1)
-        is_step = np.abs(short0[rows, onset]) > _col(p.step_z, m)[rows, 0]
-        start_back = np.maximum(s - p.step_window + 1, 0)  # the trailing window lags the true start
-        flags["step"] = paint((m, t), rows[is_step], start_back[is_step], e[is_step])
-        flags["drift"] = paint((m, t), rows[~is_step], s[~is_step], e[~is_step])
-        scores["step"] = lambda i: np.abs(short0[i]) / _col(p.step_z, m)[i[0], 0]
-        scores["drift"] = lambda i: np.abs(level[i]) / _col(p.drift_z, m)[i[0], 0]
-
-        if contracted is not None:
-            kw = clean * np.float32(60.0 / step_minutes)
-            limit_kw = np.asarray(contracted, dtype=np.float32).reshape(-1, 1)
-            flags["peak"] = kw > limit_kw
-            scores["peak"] = lambda i: kw[i] / limit_kw[i[0], 0]
-
-    kind = out.kind[lo:lo + m]
-    score = out.score[lo:lo + m]
-    kind.fill(-1)
-    np.clip(np.abs(up) / _col(p.spike_z, m), 0, 0.999, out=score)  # below 1: how close to a spike
-    for k, name in reversed(list(enumerate(ANOMALY_TYPES))):  # ten steps; the highest priority is written last
-        f = flags.get(name)
-        if f is None:
-            continue
-        idx = np.nonzero(f)
-        if idx[0].size:
-            kind[idx] = k
-            score[idx] = np.maximum(scores[name](idx), 1.0)
-    if out.expected is not None and out.excess is not None:
-        expected = np.where(closed[None, :], exp_closed,
-                            np.where(np.isnan(base.expected), working_level, base.expected))
-        out.expected[lo:lo + m] = expected
-        out.excess[lo:lo + m] = np.where(kind >= 0, np.clip(np.nan_to_num(clean - expected), 0, None), 0)

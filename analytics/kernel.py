@@ -1,0 +1,565 @@
+"""The detector pass compiled per meter (numba): every detector in one sweep over a meter's row.
+
+The numpy formulation (``analytics.reference``) makes ~150 passes over the whole matrix and its temporaries; here
+each meter's row stays in the CPU cache while every detector reads it: ~27 ns of CPU per bucket here, some 10x
+less than the numpy formulation (bench/analytics.py). The medians are the costly part: a sorting network across
+weeks or across groups where the samples are few, rank counting or a bucket select where they are many.
+The arithmetic is the reference's, step for step in float32 (float64 where it accumulates), so both give the same
+flags; ``tests/test_detect_kernel.py`` holds them to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# columns of the float parameter table, one row per meter
+F_SPIKE_Z, F_WASTE_Z, F_WASTE_REL, F_TARGET_REL, F_FLAT_MIN_REL, F_STEP_Z, F_DRIFT_ALPHA, F_DRIFT_KEEP, F_DRIFT_Z, \
+    F_CLIP, F_IMPLAUSIBLE, F_RATED, F_CONTRACTED = range(13)
+N_FLOAT = 13
+# columns of the integer parameter table
+I_SPIKE_MAX, I_FLAT_BUCKETS, I_GAP_BUCKETS, I_STEP_WINDOW, I_MIN_SUSTAINED, I_MAX_WEEKS = range(6)
+N_INT = 6
+
+# type indices, in ANOMALY_TYPES order (priority: lower index wins)
+NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, PEAK = range(10)
+
+_F32_MAX = np.float32(np.finfo(np.float32).max)
+_BUCKETS = 128  # of each round of a bucket select
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _median_rank(buf: np.ndarray, n: int) -> np.float32:
+    """Median of buf[:n] by counting each value's rank: n^2 compares, but no branch to mispredict."""
+    klo = (n - 1) // 2
+    khi = n // 2
+    lo = np.float32(0.0)
+    hi = np.float32(0.0)
+    for i in range(n):
+        v = buf[i]
+        rank = 0
+        for j in range(i):  # ties: the earlier value ranks first
+            rank += buf[j] <= v
+        for j in range(i + 1, n):
+            rank += buf[j] < v
+        lo = v if rank == klo else lo
+        hi = v if rank == khi else hi
+    return (lo + hi) * np.float32(0.5)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _kth(buf: np.ndarray, n: int, k: int, work: np.ndarray, hist: np.ndarray) -> np.float32:
+    """The k-th smallest of buf[:n] (finite values; buf is left as it is): bucket select.
+
+    Each round spreads the values over 128 equal buckets between their min and max (a monotone map, so the
+    bucket order is the value order), keeps the one bucket holding the k-th, and ends by counting ranks.
+    """
+    src = buf
+    m = n
+    while True:
+        if m <= 24:
+            out = src[0]
+            for i in range(m):
+                v = src[i]
+                rank = 0
+                for q in range(i):
+                    rank += src[q] <= v
+                for q in range(i + 1, m):
+                    rank += src[q] < v
+                out = v if rank == k else out
+            return out
+        lo = src[0]
+        hi = src[0]
+        for i in range(1, m):
+            lo = min(lo, src[i])
+            hi = max(hi, src[i])
+        if lo == hi:
+            return lo
+        scale = np.float32(_BUCKETS - 1) / (hi - lo)  # float32 is enough: any monotone map will do
+        if not (np.isfinite(scale) and scale > 0):  # an infinite or vanishing span: no equal buckets to make
+            return np.sort(src[:m])[k]
+        hist[:_BUCKETS] = 0
+        for i in range(m):
+            hist[min(int((src[i] - lo) * scale), _BUCKETS - 1)] += 1
+        acc = 0
+        b = 0
+        while acc + hist[b] <= k:
+            acc += hist[b]
+            b += 1
+        k -= acc
+        j = 0
+        for i in range(m):  # keep the values of bucket b
+            v = src[i]
+            work[j] = v
+            j += min(int((v - lo) * scale), _BUCKETS - 1) == b
+        m = j
+        src = work
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _median(buf: np.ndarray, n: int, work: np.ndarray, hist: np.ndarray) -> np.float32:
+    """Median of buf[:n] (no NaN in it; NaN if n == 0), as (lower middle + upper middle) / 2 in float32."""
+    if n == 0:
+        return np.float32(np.nan)
+    if n <= 40:
+        return _median_rank(buf, n)
+    lower = _kth(buf, n, (n - 1) // 2, work, hist)
+    if n % 2 == 1:
+        return (lower + lower) * np.float32(0.5)
+    # the upper middle: the lower one again if it repeats, else the smallest value above it
+    at_most = 0
+    above = np.float32(np.inf)
+    for i in range(n):
+        v = buf[i]
+        at_most += v <= lower
+        above = min(above, v if v > lower else np.float32(np.inf))
+    upper = lower if at_most > n // 2 else above
+    return (lower + upper) * np.float32(0.5)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _nanmedian(values: np.ndarray, buf: np.ndarray, keys: np.ndarray, hist: np.ndarray) -> np.float32:
+    """Median of the non-NaN entries of ``values`` (NaN if none), as fastops.nanmedian_rows computes it."""
+    n = 0
+    for v in values:
+        if not np.isnan(v):
+            buf[n] = v
+            n += 1
+    return _median(buf, n, keys, hist)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _median_mad(buf: np.ndarray, n: int, srt: np.ndarray, keys: np.ndarray,
+                hist: np.ndarray) -> tuple[np.float32, np.float32]:
+    """Median of buf[:n] and the median of the absolute deviations from it, each as ``_median`` gives it.
+
+    A few dozen values: sort them once by counting ranks, then walk out from the middle, where the deviations
+    come in increasing order, to the middle deviation.
+    """
+    inf = np.float32(np.inf)
+    if n == 0:
+        return np.float32(np.nan), np.float32(np.nan)
+    if n > 40:
+        med = _median(buf, n, keys, hist)
+        for i in range(n):
+            buf[i] = abs(buf[i] - med)
+        return med, _median(buf, n, keys, hist)
+    for i in range(n):  # rank sort: the earlier of equal values first
+        v = buf[i]
+        rank = 0
+        if n <= 12:  # one loop over all: fewer, fuller vector steps for short rows
+            for j in range(n):
+                w = buf[j]
+                rank += (w < v) | ((w == v) & (j < i))
+        else:
+            for j in range(i):
+                rank += buf[j] <= v
+            for j in range(i + 1, n):
+                rank += buf[j] < v
+        srt[rank] = v
+    klo = (n - 1) // 2
+    khi = n // 2
+    med = (srt[klo] + srt[khi]) * np.float32(0.5)
+    left = klo  # srt[:klo + 1] <= med <= srt[klo + 1:]
+    right = klo + 1
+    lo = np.float32(0.0)
+    hi = np.float32(0.0)
+    for step in range(khi + 1):
+        dl = abs(srt[left] - med) if left >= 0 else inf
+        dr = abs(srt[right] - med) if right < n else inf
+        take_left = dl <= dr
+        d = dl if take_left else dr
+        left -= take_left
+        right += not take_left
+        lo = d if step == klo else lo
+        hi = d if step == khi else hi
+    return med, (lo + hi) * np.float32(0.5)
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _nan_to_num(v: np.float32) -> np.float32:
+    if np.isnan(v):
+        return np.float32(0.0)
+    if v > _F32_MAX:
+        return _F32_MAX
+    if v < -_F32_MAX:
+        return -_F32_MAX
+    return v
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _fmax(a: np.float32, b: np.float32) -> np.float32:
+    if np.isnan(a):
+        return b
+    if np.isnan(b):
+        return a
+    return a if a >= b else b
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _mid(a: np.float32, b: np.float32, c: np.float32, d: np.float32, n: int) -> np.float32:
+    """Median of the n finite values among sorted a <= b <= c <= d (the rest are +inf), NaN if n == 0."""
+    half = np.float32(0.5)
+    if n == 4:
+        return (b + c) * half
+    if n == 3:
+        return (b + b) * half
+    if n == 2:
+        return (a + b) * half
+    if n == 1:
+        return (a + a) * half
+    return np.float32(np.nan)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _median_mad4(cube: np.ndarray, first: int, k: int, slots: int, med_out: np.ndarray, mad_out: np.ndarray) -> None:
+    """Median and MAD, per slot, of the k <= 4 weeks of ``cube`` from offset ``first`` (+inf: no value)."""
+    inf = np.float32(np.inf)
+    for s in range(slots):
+        a = cube[first + s]
+        b = cube[first + slots + s] if k > 1 else inf
+        c = cube[first + 2 * slots + s] if k > 2 else inf
+        d = cube[first + 3 * slots + s] if k > 3 else inf
+        n = (a < inf) + (b < inf) + (c < inf) + (d < inf)
+        a, b = min(a, b), max(a, b)
+        c, d = min(c, d), max(c, d)
+        a, c = min(a, c), max(a, c)
+        b, d = min(b, d), max(b, d)
+        b, c = min(b, c), max(b, c)
+        med = _mid(a, b, c, d, n)
+        # deviations of the finite values, the missing ones +inf again
+        da = abs(a - med) if n > 0 else inf
+        db = abs(b - med) if n > 1 else inf
+        dc = abs(c - med) if n > 2 else inf
+        dd = abs(d - med) if n > 3 else inf
+        da, db = min(da, db), max(da, db)
+        dc, dd = min(dc, dd), max(dc, dd)
+        da, dc = min(da, dc), max(da, dc)
+        db, dd = min(db, dd), max(db, dd)
+        db, dc = min(db, dc), max(db, dc)
+        med_out[s] = med
+        mad_out[s] = _mid(da, db, dc, dd, n)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _sort_columns(block: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, width: int) -> None:
+    """Sort each column of ``block`` ascending with the comparators (cmp_a[i] < cmp_b[i]) of a sorting network."""
+    for c in range(cmp_a.size):
+        top = block[cmp_a[c]]
+        bottom = block[cmp_b[c]]
+        for g in range(width):
+            a = top[g]
+            b = bottom[g]
+            top[g] = a if a < b else b
+            bottom[g] = b if a < b else a
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
+    """out = the True runs of ``mask`` whose length is within [lo, hi] (hi < 0: no upper limit)."""
+    t = mask.size
+    i = 0
+    while i < t:
+        if not mask[i]:
+            out[i] = False
+            i += 1
+            continue
+        j = i
+        while j < t and mask[j]:
+            j += 1
+        ok = (j - i) >= lo and (hi < 0 or (j - i) <= hi)
+        for k in range(i, j):
+            out[k] = ok
+        i = j
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: np.ndarray,
+                open_cum: np.ndarray, cell: np.ndarray, slots: int, weeks: int,
+                col_kind: np.ndarray, gidx: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, group_kind: np.ndarray,
+                n_kinds: int, fp: np.ndarray, ip: np.ndarray, has_target: bool, has_peak: bool, has_rated: bool,
+                cumulative: bool, kw_factor: np.float32, kind_out: np.ndarray, score_out: np.ndarray,
+                expected_out: np.ndarray, excess_out: np.ndarray, with_expected: bool) -> None:
+    """Every detector for meters lo..hi-1 of ``x`` [M, T]; writes kind/score (and expected/excess) rows."""
+    t = x.shape[1]
+    n_cells = weeks * slots
+    f32 = np.float32
+    nan = f32(np.nan)
+    clean = np.empty(t, np.float32)
+    exp_b = np.empty(t, np.float32)
+    sig_b = np.empty(t, np.float32)
+    exp_c = np.empty(t, np.float32)
+    sig_c = np.empty(t, np.float32)
+    up = np.empty(t, np.float32)
+    zc = np.empty(t, np.float32)
+    short0 = np.empty(t, np.float32)
+    level_a = np.empty(t, np.float32)
+    mask = np.empty(t, np.bool_)
+    zero = np.empty(t, np.bool_)
+    gap = np.empty(t, np.bool_)
+    flat = np.empty(t, np.bool_)
+    spike = np.empty(t, np.bool_)
+    bad = np.empty(t, np.bool_)
+    sustained = np.empty(t, np.bool_)
+    step_f = np.zeros(t, np.bool_)
+    drift_f = np.zeros(t, np.bool_)
+    other_cum = np.empty(t + 1, np.int64)
+    cs = np.empty(t + 1, np.float64)
+    cn = np.empty(t + 1, np.int64)
+    cell_med = np.empty(n_cells, np.float32)
+    cell_spread = np.empty(n_cells, np.float32)
+    week_mad = np.empty(slots, np.float32)
+    k_med = np.empty(n_kinds, np.float32)
+    k_sig = np.empty(n_kinds, np.float32)
+    k_mad = np.empty(n_kinds, np.float32)
+    buf = np.empty(max(t, slots, n_kinds, 8) + 8, np.float32)
+    cube_buf = np.empty(n_cells, np.float32)
+    keys = np.empty(buf.size, np.float32)  # scratch of the selects
+    srt = np.empty(buf.size, np.float32)
+    hist = np.empty(256, np.int32)
+    block = np.empty((gidx.shape[0], group_kind.size), np.float32)
+    cnt = np.empty(group_kind.size, np.int64)
+    gmed = np.empty(group_kind.size, np.float32)
+    inf = f32(np.inf)
+    small = np.empty(max(16, ip[lo:hi, I_MAX_WEEKS].max() + 1), np.float32)
+
+    for r in range(lo, hi):
+        row = x[r]
+        spike_z = fp[r, F_SPIKE_Z]
+        # the meter's typical working-hours use: a median, so one wild reading cannot move it
+        n = 0
+        for i in range(t):
+            if working[i] and row[i] >= 0:
+                buf[n] = row[i]
+                n += 1
+        wl = _median(buf, n, keys, hist)
+        if np.isnan(wl):
+            wl = f32(0.0)
+        limit = fp[r, F_IMPLAUSIBLE] * max(wl, f32(1e-6))
+        if has_rated:
+            rated = f32(1.5) * fp[r, F_RATED]
+            if not np.isnan(rated) and rated < limit:
+                limit = rated
+        # one pass: the clean row, the gap and flatline candidates, the row on the [weeks x slots] grid (+inf
+        # where no value, so it sorts last)
+        cube = cube_buf[:n_cells]
+        cube[:] = np.inf
+        seen = False
+        for i in range(t):
+            v = row[i]
+            b = v < 0 or v > limit
+            bad[i] = b
+            cv = nan if b else v
+            clean[i] = cv
+            miss = np.isnan(v)
+            seen = seen or not miss
+            mask[i] = miss and seen  # missing after the meter's first reading
+            if cumulative:  # zero, or an instantaneous value repeated exactly
+                zero[i] = abs(cv) < f32(1e-9)
+            else:
+                zero[i] = i > 0 and cv == clean[i - 1]
+            if not np.isnan(cv):
+                cube[cell[i]] = cv
+        _keep_runs(mask, ip[r, I_GAP_BUCKETS], -1, gap)
+
+        # hour-of-week baseline: median and MAD of the same slot over the previous weeks, spread pooled per week
+        max_weeks = ip[r, I_MAX_WEEKS]
+        for s in range(slots):
+            cell_med[s] = nan
+            cell_spread[s] = nan
+        for w in range(1, weeks):
+            k = min(w, max_weeks)
+            if k <= 4:  # the usual case: a branch-free sorting network over four weeks (missing ones +inf)
+                _median_mad4(cube, (w - k) * slots, k, slots, cell_med[w * slots:(w + 1) * slots], week_mad)
+            else:
+                for s in range(slots):
+                    n = 0
+                    for w2 in range(w - k, w):
+                        v = cube[w2 * slots + s]
+                        if v < np.inf:
+                            small[n] = v
+                            n += 1
+                    med, mad = _median_mad(small, n, srt, keys, hist)
+                    cell_med[w * slots + s] = med
+                    week_mad[s] = mad
+            pooled = _nanmedian(week_mad, buf, keys, hist)
+            for s in range(slots):
+                med = cell_med[w * slots + s]
+                cell_spread[w * slots + s] = _fmax(_fmax(week_mad[s], pooled),
+                                                   _fmax(f32(0.05) * abs(med), f32(1e-3)))
+        for i in range(t):
+            c = cell[i]
+            e = cell_med[c]
+            sg = f32(1.4826) * cell_spread[c]
+            exp_b[i] = e
+            sig_b[i] = sg
+            z = (clean[i] - e) / sg
+            zc[i] = z
+            up[i] = _nan_to_num(z)
+
+        # closed-hours level per slot of the day, apart for open and closed days, over the whole window
+        for k in range(n_kinds):
+            k_med[k] = nan
+            k_mad[k] = nan
+        # every group at once: a [samples x groups] block (+inf where no value), sorted down the columns by one
+        # sorting network, so each step is a vector min/max across the groups
+        n_groups = group_kind.size
+        for j in range(gidx.shape[0]):
+            for g in range(n_groups):
+                c = gidx[j, g]
+                v = clean[c] if c >= 0 else inf
+                block[j, g] = inf if np.isnan(v) else v
+        for g in range(n_groups):
+            cnt[g] = 0
+        for j in range(gidx.shape[0]):
+            for g in range(n_groups):
+                cnt[g] += block[j, g] < inf
+        _sort_columns(block, cmp_a, cmp_b, n_groups)
+        for g in range(n_groups):
+            n = cnt[g]
+            gmed[g] = (block[(n - 1) // 2, g] + block[n // 2, g]) * f32(0.5) if n > 0 else nan
+        for j in range(gidx.shape[0]):
+            for g in range(n_groups):
+                block[j, g] = abs(block[j, g] - gmed[g]) if j < cnt[g] else inf
+        _sort_columns(block, cmp_a, cmp_b, n_groups)
+        for g in range(n_groups):
+            n = cnt[g]
+            k_med[group_kind[g]] = gmed[g]
+            k_mad[group_kind[g]] = (block[(n - 1) // 2, g] + block[n // 2, g]) * f32(0.5) if n > 0 else nan
+        pooled = _nanmedian(k_mad, buf, keys, hist)
+        for k in range(n_kinds):
+            k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], pooled), f32(0.02) * abs(k_med[k]))
+        for i in range(t):
+            exp_c[i] = k_med[col_kind[i]]
+            sig_c[i] = k_sig[col_kind[i]]
+
+        # flatline: zero (or a repeated instantaneous value) for a while where consumption was expected
+        _keep_runs(zero, ip[r, I_FLAT_BUCKETS], -1, flat)
+        flat_min = fp[r, F_FLAT_MIN_REL] * wl
+        for i in range(t):
+            if flat[i]:
+                e = exp_b[i] if working[i] else exp_c[i]
+                if np.isnan(e):
+                    e = wl
+                flat[i] = e > flat_min
+
+        # spike: far above the baseline and above its own neighbours, for a short run
+        half = spike_z / f32(2)
+        for i in range(t):
+            hit = up[i] > spike_z
+            if hit:
+                n = 0
+                for j in range(i - 2, i + 3):
+                    v = clean[min(max(j, 0), t - 1)]
+                    if not np.isnan(v):
+                        small[n] = v
+                        n += 1
+                contrast = (clean[i] - _median(small, n, keys, hist)) / sig_b[i]
+                hit = _nan_to_num(contrast) > half
+            mask[i] = hit
+        _keep_runs(mask, 1, ip[r, I_SPIKE_MAX], spike)
+
+        # step and drift: trailing window mean and EWMA of the clipped z
+        clip = fp[r, F_CLIP]
+        cs[0] = 0.0
+        cn[0] = 0
+        alpha = fp[r, F_DRIFT_ALPHA]
+        keep_w = fp[r, F_DRIFT_KEEP]  # float32(1 - alpha), rounded once as the reference does
+        level = f32(0.0)
+        window = min(ip[r, I_STEP_WINDOW], t)
+        step_z = fp[r, F_STEP_Z]
+        drift_z = fp[r, F_DRIFT_Z]
+        other_cum[0] = 0
+        for i in range(t):  # one loop: the rest of the work hides the EWMA's chain of dependent steps
+            z = zc[i]
+            if not np.isnan(z):
+                z = min(max(z, -clip), clip)
+                cs[i + 1] = cs[i] + np.float64(z)
+                cn[i + 1] = cn[i] + 1
+                level = level * keep_w
+                level = level + alpha * z
+            else:
+                cs[i + 1] = cs[i]
+                cn[i + 1] = cn[i]
+            level_a[i] = level
+            a = i + 1 - window if i >= window else 0
+            count = cn[i + 1] - cn[a]
+            sh = f32((cs[i + 1] - cs[a]) / count) if count > 0 else f32(0.0)
+            short0[i] = sh
+            sustained[i] = abs(sh) > step_z or abs(level) > drift_z
+            other_cum[i + 1] = other_cum[i] + (gap[i] or flat[i] or spike[i] or bad[i])
+            step_f[i] = False
+            drift_f[i] = False
+        i = 0
+        min_len = ip[r, I_MIN_SUSTAINED]
+        while i < t:
+            if not sustained[i]:
+                i += 1
+                continue
+            s = i
+            while i < t and sustained[i]:
+                i += 1
+            e = i
+            # a level change lasts, reaches into working hours, and is not a gap, flatline or spike seen from afar
+            overlap = (other_cum[e] - other_cum[s]) / max(e - s, 1)
+            if e - s >= min_len and overlap < 0.3 and open_cum[e] > open_cum[s]:
+                onset = min(s + window - 1, t - 1)
+                if abs(short0[onset]) > step_z:
+                    for j in range(max(s - window + 1, 0), e):
+                        step_f[j] = True
+                else:
+                    for j in range(s, e):
+                        drift_f[j] = True
+
+        # waste after hours / on closed days, peak demand, then one type per bucket by priority
+        waste_z = fp[r, F_WASTE_Z]
+        waste_rel = fp[r, F_WASTE_REL] * wl
+        target = fp[r, F_TARGET_REL] * wl
+        contracted = fp[r, F_CONTRACTED]
+        for i in range(t):
+            v = row[i]
+            cv = clean[i]
+            k = -1
+            sc = f32(0.0)
+            if v < 0:
+                k = NEGATIVE
+                sc = f32(1.0) + abs(v)
+            elif v > limit:
+                k = IMPLAUSIBLE
+                sc = v / limit
+            elif gap[i]:
+                k = GAP
+                sc = f32(1.0)
+            elif flat[i]:
+                k = FLATLINE
+                sc = f32(1.0)
+            elif spike[i]:
+                k = SPIKE
+                sc = up[i] / spike_z
+            if k < 0 and not working[i]:
+                excess = cv - exp_c[i]
+                threshold = _fmax(waste_z * sig_c[i], waste_rel)
+                waste = excess > threshold or (has_target and cv > target)
+                if waste:
+                    k = AFTER_HOURS if open_day[i] else HOLIDAY
+                    ratio = excess / threshold
+                    sc = f32(1.0) if np.isnan(ratio) else _nan_to_num(ratio)
+            if k < 0:
+                if step_f[i]:
+                    k = STEP
+                    sc = abs(short0[i]) / step_z
+                elif drift_f[i]:
+                    k = DRIFT
+                    sc = abs(level_a[i]) / drift_z
+                elif has_peak and cv * kw_factor > contracted:
+                    k = PEAK
+                    sc = cv * kw_factor / contracted
+            kind_out[r, i] = k
+            if k >= 0:
+                score_out[r, i] = sc if sc >= f32(1.0) or np.isnan(sc) else f32(1.0)
+            else:
+                score_out[r, i] = min(abs(up[i]) / spike_z, f32(0.999))
+            if with_expected:
+                ex = exp_c[i] if not working[i] else (wl if np.isnan(exp_b[i]) else exp_b[i])
+                expected_out[r, i] = ex
+                excess_out[r, i] = max(_nan_to_num(cv - ex), f32(0.0)) if k >= 0 else f32(0.0)

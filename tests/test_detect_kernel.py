@@ -1,0 +1,94 @@
+"""The compiled detector pass against its numpy formulation: same type, score, expected use and excess in every
+bucket, on labelled simulator history (every fault type, quarter hours, per-commodity parameters) and on a
+synthetic fleet with the optional detectors (rated capacity, contracted demand, a waste target) switched on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analytics import kernel
+from analytics.detectors import DetectorParams, detect, params_for
+from analytics.reference import reference_detect
+from bems.calendar import default_calendar
+from bench.analytics import matrix
+from bench.evaluation_data import STEP, dataset
+
+
+def assert_same(a, b) -> None:  # type: ignore[no-untyped-def]
+    assert (a.kind >= 0).any()
+    np.testing.assert_array_equal(a.kind, b.kind)
+    np.testing.assert_allclose(a.score, b.score, rtol=1e-6, atol=0)
+    for got, want in ((a.expected, b.expected), (a.excess, b.excess)):
+        if want is None:
+            assert got is None
+        else:
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_kernel_types_every_bucket_as_the_numpy_reference_on_labelled_history(tmp_path: Path) -> None:
+    d = dataset(tmp_path, buildings=12, weeks=5, per_type=4, seed=3)
+    step = int(STEP.total_seconds() // 60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for kwargs in ({"x": d.consumption, "params": params_for(d.commodity)},
+                       {"x": d.demand, "cumulative": False}):
+            got = detect(masks=d.masks, step_minutes=step, **kwargs)
+            want = reference_detect(masks=d.masks, step_minutes=step, **kwargs)
+            assert_same(got, want)
+            assert len(set(got.kind.ravel().tolist())) >= 4  # several detectors fired, not only one
+
+
+def test_kernel_matches_the_reference_with_every_optional_detector_and_per_meter_parameters() -> None:
+    times = np.datetime64("2026-10-03T20:30") + np.arange(900) * np.timedelta64(3600, "s")
+    masks = default_calendar().bucket_masks(times, np.timedelta64(3600, "s"))
+    x = matrix(300, times.size, masks, seed=5)
+    rng = np.random.default_rng(5)
+    x[:40, 300:330] = 0  # stuck registers
+    x[40:80, 500:] *= 1.6  # a step up
+    x[80:90, 100:110] = np.nan  # communication lost
+    x[90:95, 50] = -3  # a rollover
+    x[95:100, 70] *= 60  # a word swap
+    spike_z = np.where(rng.random(300) < 0.5, 8.0, 12.0).astype(np.float32)
+    share = rng.random(300)
+    params = DetectorParams(spike_z=spike_z, target_rel=0.3, max_weeks=5)  # type: ignore[arg-type]
+    contracted = np.select([share < 0.4, share < 0.5], [150, 0], np.nan)  # 0 kW: the peak score divides by 0
+    kwargs = {"x": x, "masks": masks, "step_minutes": 60, "params": params,
+              "rated_per_bucket": np.full(300, 400.0), "contracted_kw": contracted}
+    got = detect(**kwargs)
+    with np.errstate(divide="ignore"):
+        want = reference_detect(**kwargs)
+    assert_same(got, want)
+    assert {"step", "flatline", "gap", "negative", "implausible", "peak"} <= set(got.type_names().ravel().tolist())
+
+
+def test_a_per_meter_parameter_of_the_wrong_length_is_named() -> None:
+    times = np.datetime64("2026-10-03T20:30") + np.arange(200) * np.timedelta64(3600, "s")
+    masks = default_calendar().bucket_masks(times, np.timedelta64(3600, "s"))
+    x = matrix(10, times.size, masks)
+    with pytest.raises(ValueError, match="spike_z"):
+        detect(x, masks=masks, step_minutes=60, params=DetectorParams(spike_z=np.ones(3)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("case", ["uniform", "ties", "huge_span", "infinite", "subnormal"])
+def test_kernel_median_is_the_sorted_middle(case: str) -> None:
+    rng = np.random.default_rng(len(case))
+    work, hist = np.empty(1000, np.float32), np.empty(256, np.int32)
+    for n in (1, 2, 7, 40, 41, 168, 337, 600):
+        v = rng.random(n).astype(np.float32)
+        if case == "ties":
+            v = np.round(v * 3).astype(np.float32)
+        elif case == "huge_span":
+            v[: n // 2], v[n // 2:] = np.float32(3e38), np.float32(-3e38)
+        elif case == "infinite":
+            v[0] = np.inf
+        elif case == "subnormal":
+            v = (v * np.float32(1e-40)).astype(np.float32)
+        s = np.sort(v)
+        with np.errstate(over="ignore"):
+            want = (s[(n - 1) // 2] + s[n // 2]) * np.float32(0.5)
+        assert kernel._median(v.copy(), n, work, hist) == want, (case, n)
