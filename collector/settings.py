@@ -42,13 +42,28 @@ class CollectorSettings(StageSettings):
                                                                      "into 30-minute aggregates (kept) and deleted")
     maintenance_interval_s: float = Field(600.0, gt=0, description="period of rollups and retention")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics here")
+    signatures: str = Field("required", pattern=r"^(required|off)$",
+                            description="required: store only readings signed by a key the fleet file registers "
+                                        "for their edge and building; off: no check (say so explicitly)")
+    replay_window: int = Field(100_000, ge=1, description="a signed reading whose seq is this far below the highest "
+                                                          "seq seen from its edge is refused as a replay")
+    verify_threads: int = Field(2, ge=1, le=64, description="threads verifying signatures (Ed25519 releases the GIL)")
+    state_url: str | None = Field(None, description="relational state (security alerts); default: "
+                                                    "sqlite:///<data-dir>/state.db, as the API's default")
 
     @model_validator(mode="after")
     def _window_holds_a_batch(self) -> CollectorSettings:
         if self.receive_maximum < self.batch_size:
             raise ValueError(f"receive_maximum ({self.receive_maximum}) must be at least batch_size "
                              f"({self.batch_size}): acknowledgements wait for a whole batch")
+        if self.replay_window < self.receive_maximum:
+            raise ValueError(f"replay_window ({self.replay_window}) must be at least receive_maximum "
+                             f"({self.receive_maximum}): a batch delivered again after a restart must not count as "
+                             "a replay")
         return self
+
+    def resolved_state_url(self) -> str:
+        return self.state_url or f"sqlite:///{self.resolved_data_dir().resolve() / 'state.db'}"
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir is not None:
