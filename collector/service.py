@@ -198,11 +198,13 @@ class Collector:
                 refused.append(item)
                 self._log_rejection(item.topic, exc)
         if self.security is not None and readings:  # signatures and replays: collector/security.py
-            for r in reversed(self.security.screen(readings)):
-                item, _ = good.pop(r.index), readings.pop(r.index)
-                letters.append(Letter(item.topic, item.payload, r.kind, r.message))
-                refused.append(item)
-                self._log_rejection(item.topic, Rejected(r.kind, r.message))
+            refusals = self.security.screen(readings)
+            for r in refusals:
+                letters.append(Letter(good[r.index].topic, good[r.index].payload, r.kind, r.message))
+                refused.append(good[r.index])
+                self._log_rejection(good[r.index].topic, Rejected(r.kind, r.message))
+            for r in reversed(refusals):
+                del good[r.index], readings[r.index]
         if letters:
             try:
                 self.deadletters.add(letters)
