@@ -100,8 +100,8 @@ def main() -> None:
     for p in ports:
         wait_port(p, 30)
     store = TimedStore(tmp / "readings.db")
-    collector = Collector(CollectorSettings(fleet=fleet_path, broker={"url": broker.url}, client_id="bench"),
-                          load_fleet(fleet_path), store)
+    collector = Collector(CollectorSettings(fleet=fleet_path, broker={"url": broker.url}, client_id="bench",
+                                            data_dir=tmp / "collector-data"), load_fleet(fleet_path), store)
     collector.start()
     collector.watch.connected.wait(10)
     procs += [StageProcess("edge", ["--config", str(fleet_path), "--edge-id", e["id"], "--broker", broker.url],
