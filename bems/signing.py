@@ -5,6 +5,10 @@ a reading, and a stored reading stays verifiable years later by whoever has the 
 rebuilt from what the store keeps (building, meter, edge, time in ms, sequence number, values), so a reading is
 verified on arrival and again at rest (``bems verify``). The edge's quality word is not signed: the collector may
 lower it (a counter rollover makes a reading "uncertain") without breaking the signature.
+
+Keys are made, stored and used for signing with ``cryptography``; signatures are verified with libsodium (PyNaCl,
+from the same PyCA maintainers): the collector verifies every reading, and libsodium's Ed25519 verification takes
+about half the time of OpenSSL's here (bench/integrity.py). Both release the GIL while they work.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.bindings import crypto_sign_open
+from nacl.exceptions import CryptoError
 
 from bems.errors import BemsError, ConfigError
 
@@ -116,6 +121,7 @@ class RegisteredKey:
     edge: str
     building: str
     key: Ed25519PublicKey
+    raw: bytes  # the 32 bytes libsodium verifies with
 
 
 class KeyRing:
@@ -126,7 +132,8 @@ class KeyRing:
         self._by_kid: dict[str, RegisteredKey] = {}
         for edge, building, text in keys:
             public = parse_public_key(text)
-            self._by_kid[key_id(public)] = RegisteredKey(edge, building, public)
+            raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            self._by_kid[key_id(public)] = RegisteredKey(edge, building, public, raw)
 
     def __len__(self) -> int:
         return len(self._by_kid)
@@ -147,8 +154,9 @@ class KeyRing:
             raise SignatureRejected("wrong_building", f"edge {edge!r} serves building {registered.building!r} and "
                                                       f"may not send readings for building {building!r}")
         try:
-            registered.key.verify(base64.b64decode(sig), canonical(building, meter, edge, ts_ms, seq, values))
-        except (InvalidSignature, ValueError):
+            crypto_sign_open(base64.b64decode(sig) + canonical(building, meter, edge, ts_ms, seq, values),
+                             registered.raw)
+        except (CryptoError, ValueError):
             raise SignatureRejected("bad_signature", f"reading of {meter} from edge {edge!r} seq {seq}: signature "
                                                      f"does not match key {kid!r}") from None
         return registered
