@@ -152,7 +152,7 @@ def main() -> None:
     size_u = sum(len(p) for _, p in unsigned) / len(unsigned)
     print(f"signed vs unsigned ingest: {len(readings)} queued QoS 1 messages per drain ({size_u:.0f} bytes unsigned, "
           f"{size_s:.0f} signed), {args.meters} meters, {args.rounds} alternating rounds, "
-          f"{CollectorSettings.model_fields['verify_threads'].default} verify threads, {os.cpu_count()} cores")
+          f"{CollectorSettings(fleet=fleet_path).verify_threads} verify threads, {os.cpu_count()} cores")
     print(f"  signing on the edge (model, canonical bytes, Ed25519, JSON): {sign_us:.0f} µs per reading")
     broker = Mosquitto(tmp / "broker")
     broker.start()
