@@ -59,5 +59,5 @@ async def check(settings: EdgeSettings, console: Console | None = None) -> int:
     if not console.is_terminal:
         console.width = max(console.width, 160)  # a log file or pipe: do not fold the values
     console.print(table)
-    console.print(f"signing key {settings.signing_key_path()}: key id {signer.kid}")
+    console.print(f"signing key {settings.signing_key_path()}: key id {signer.kid}", soft_wrap=True)
     return 0 if ok == len(devices) else 1
