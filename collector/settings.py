@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from bems.settings import BrokerSettings, StageSettings
+from bems.settings import PLACEHOLDER_SECRETS, BrokerSettings, StageSettings
 
 WEEK_S = 7 * 24 * 3600
 
@@ -42,7 +43,7 @@ class CollectorSettings(StageSettings):
                                                                      "into 30-minute aggregates (kept) and deleted")
     maintenance_interval_s: float = Field(600.0, gt=0, description="period of rollups and retention")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics here")
-    signatures: str = Field("required", pattern=r"^(required|off)$",
+    signatures: str = Field("required",
                             description="required: store only readings signed by a key the fleet file registers "
                                         "for their edge and building; off: no check (say so explicitly)")
     replay_window: int = Field(100_000, ge=1, description="a signed reading whose seq is this far below the highest "
@@ -50,6 +51,14 @@ class CollectorSettings(StageSettings):
     verify_threads: int = Field(2, ge=1, le=64, description="threads verifying signatures (Ed25519 releases the GIL)")
     state_url: str | None = Field(None, description="relational state (security alerts); default: "
                                                     "sqlite:///<data-dir>/state.db, as the API's default")
+
+    @field_validator("signatures")
+    @classmethod
+    def _signatures(cls, value: str) -> str:
+        if value not in ("required", "off"):
+            raise ValueError(f"{value!r} is not a policy: use 'required' (store only readings signed by their edge, "
+                             "the default) or 'off' (no check)")
+        return value
 
     @model_validator(mode="after")
     def _window_holds_a_batch(self) -> CollectorSettings:
@@ -60,6 +69,9 @@ class CollectorSettings(StageSettings):
             raise ValueError(f"replay_window ({self.replay_window}) must be at least receive_maximum "
                              f"({self.receive_maximum}): a batch delivered again after a restart must not count as "
                              "a replay")
+        password = urlsplit(self.state_url or "").password
+        if password is not None and unquote(password).lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("the password in state_url (BEMS_COLLECTOR_STATE_URL) is a placeholder; set a real secret")
         return self
 
     def resolved_state_url(self) -> str:

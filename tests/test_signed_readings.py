@@ -7,7 +7,7 @@
 2. Key rotation: an edge restarted with a new key still holds readings signed with the old one in its queue; with
    both keys in the fleet file every reading reaches the store.
 3. The replay rule on its own: the high-water survives a restart, a late copy within the window passes.
-4. ``bems edge keygen``.
+4. ``bems edge keygen``, and the collector's settings (signatures required unless ``off`` is said).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from bems.cli import main as bems_main
@@ -36,6 +37,7 @@ from bems.store import open_store
 from bems.wire import Reading
 from collector.deadletter import DeadLetters
 from collector.security import HighWater, Screen
+from collector.settings import CollectorSettings
 from tests.conftest import need
 from tests.edge_support import Edge, queued
 from tests.stages import StageProcess, ThreadedSimulator, edge_signer, wait_for, write_fleet
@@ -276,3 +278,18 @@ def test_keygen_writes_a_private_key_and_prints_only_the_public_half(tmp_path: P
     assert load_signing_key(out).kid == signer.kid, "an existing key is never replaced without --force"
     assert bems_main(["edge", "keygen", "--out", str(out), "--force"]) == 0
     assert load_signing_key(out).kid != signer.kid
+
+
+def test_collector_settings_require_signatures_by_default_and_refuse_unsafe_values(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    settings = CollectorSettings(fleet=fleet, data_dir=tmp_path / "d")
+    assert settings.signatures == "required"
+    assert settings.resolved_state_url() == f"sqlite:///{(tmp_path / 'd' / 'state.db').resolve()}"
+    for bad, words in (({"signatures": "maybe"}, ["signatures", "'required'", "'off'"]),
+                       ({"replay_window": 100, "receive_maximum": 5000, "batch_size": 100},
+                        ["replay_window (100)", "receive_maximum (5000)"]),
+                       ({"state_url": "postgresql+psycopg://bems:changeme@db/bems"}, ["state_url", "placeholder"])):
+        with pytest.raises(ValidationError) as exc:
+            CollectorSettings(fleet=fleet, **bad)  # type: ignore[arg-type]
+        assert all(w in str(exc.value) for w in words), str(exc.value)
+    assert CollectorSettings(fleet=fleet, signatures="off").signatures == "off"
