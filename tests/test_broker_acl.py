@@ -380,10 +380,10 @@ def test_collector_publishes_security_alerts_only(broker: Broker) -> None:
     r, al = nonce("edge-after"), nonce("alert-after")
     edge.publish(ONE_ELEC, r)
     analytics.publish("bems/v1/alerts/electricity/b-one", al)
-    wait_for(lambda: observer.got(r) and utility.got(al) and soc.got(security), 5,
-             "the legitimate reading, alert and security alert")
-    utility.fence()
-    soc.fence()
+    later = nonce("security-alert-later")  # routed after al: when soc has it, al would have come first
+    rogue.publish("bems/v1/alerts/security/b-one", later)
+    wait_for(lambda: observer.got(r) and utility.got(al) and soc.got(security) and soc.got(later), 5,
+             "the legitimate reading, alert and security alerts")
     assert not [p for p in forged.values() if observer.got(p) or utility.got(p) or soc.got(p)]
     assert not utility.got(security) and not soc.got(al), "each reads only its own alerts"
 
