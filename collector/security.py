@@ -6,8 +6,9 @@ dead-lettered as ``security:<kind>`` (unsigned, unknown_key, wrong_edge, wrong_b
 acknowledged, and raises a security alert for the meter it claims. A forged reading that also breaks a fleet or
 plausibility rule is refused under that rule instead: refused either way, but without a security alert.
 
-Verification costs ~80 µs a reading and releases the GIL, so a batch is verified in ``verify_threads`` slices at
-once (the calling thread takes one): on two cores a batch of 2,000 takes about half the time of one thread.
+Verification costs ~40 µs of CPU a reading (libsodium) and releases the GIL, so a batch is verified in
+``verify_threads`` slices at once (the calling thread takes one): with a free core two threads take about half the
+time of one; on a machine whose cores are busy they gain nothing (bench/integrity.py prints the CPU per reading).
 
 Replays. A signature proves who made a reading, not that it is new: a captured message sent again still verifies.
 What a replay can do is bounded: the signature covers every stored field, so a replayed reading is byte for byte
