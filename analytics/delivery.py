@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from bems.errors import ConfigError
 from bems.fleet import COMMODITIES, Fleet
-from bems.state import Alert, Delivery, StateDB
+from bems.state import Alert, Delivery, StateDB, alert_payload
 from bems.validation import load_yaml, parse_model
 from bems.wire import alert_topic
 
@@ -76,13 +76,6 @@ def load_subscriptions(path: Path) -> list[Subscription]:
     for s in subs:
         s.secret()  # refuse to start without the secrets
     return subs
-
-
-def alert_payload(alert: Alert) -> dict:
-    return {"v": 1, "id": alert.id, "building": alert.building, "meter": alert.meter, "commodity": alert.commodity,
-            "type": alert.type, "severity": alert.severity, "status": alert.status,
-            "start": alert.start.isoformat(), "end": alert.end.isoformat(), "excess": alert.excess,
-            "unit": alert.unit, "message": alert.message}
 
 
 def sign(secret: bytes, timestamp: str, body: bytes) -> str:

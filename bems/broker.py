@@ -2,8 +2,9 @@
 
 One credential per client (each edge, each collector, analytics, each utility), TLS only, anonymous access off,
 and an ACL that gives each credential the least it needs: an edge writes only its own meters' reading topics and
-its own status, and reads nothing; collectors read readings and edge status and write nothing; analytics writes
-alerts; a utility reads only its commodities' alerts.
+its own status, and reads nothing; collectors read readings and edge status and write only security alerts
+(readings they refused: ``bems/v1/alerts/security/{building}``); analytics writes alerts; a utility reads only its
+commodities' alerts, and a security desk (``--utility soc=security``) reads the security alerts.
 
 Passwords are random, stored for the broker as mosquitto's own PBKDF2-SHA512 hashes (``$7$``), and in plain
 text only in one private file per client (``clients/<name>.env``) holding the environment variables the stage
@@ -33,6 +34,8 @@ HASH_ITERATIONS = 101  # mosquitto_passwd's own default in 2.0; the passwords ar
 SALT_BYTES = 12
 MAX_PACKET_BYTES = 1_048_576  # a reading is at most 16 KiB; this bounds what one stolen credential can push
 STATUS_SUBSCRIPTION = status_topic("+", "+")
+SECURITY = "security"  # bems/v1/alerts/security/{building}: the collectors' security alerts
+ALERT_CHANNELS = (*COMMODITIES, SECURITY)
 RESERVED_BUILDINGS = {"alerts"}  # bems/v1/alerts/... belongs to analytics; a building of that name would overlap
 _NAME = re.compile(SLUG)
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
@@ -95,7 +98,7 @@ def parse_utilities(specs: list[str]) -> dict[str, tuple[str, ...]]:
         name = name.strip()
         if not sep or not rest.strip():
             raise ConfigError(f"--utility {spec!r}: expected NAME=commodity[,commodity], "
-                              f"e.g. --utility tavanir=electricity; commodities: {', '.join(COMMODITIES)}")
+                              f"e.g. --utility tavanir=electricity; commodities: {', '.join(ALERT_CHANNELS)}")
         if not _NAME.match(name):
             raise ConfigError(f"--utility {spec!r}: name {name!r} must be lowercase letters, digits and '-' "
                               "(starting with a letter or digit)")
@@ -103,9 +106,9 @@ def parse_utilities(specs: list[str]) -> dict[str, tuple[str, ...]]:
             raise ConfigError(f"--utility {name!r} is given twice; give each utility once with all its "
                               f"commodities, e.g. --utility {name}=electricity,gas")
         commodities = tuple(dict.fromkeys(c.strip() for c in rest.split(",") if c.strip()))
-        if unknown := [c for c in commodities if c not in COMMODITIES]:
+        if unknown := [c for c in commodities if c not in ALERT_CHANNELS]:
             raise ConfigError(f"--utility {spec!r}: unknown commodity {', '.join(map(repr, unknown))}; "
-                              f"allowed: {', '.join(COMMODITIES)}")
+                              f"allowed: {', '.join(ALERT_CHANNELS)}")
         out[name] = commodities
     return out
 
@@ -125,7 +128,8 @@ def plan_clients(fleet: Fleet, collectors: list[str], utilities: dict[str, tuple
     for name in collectors:
         if not _NAME.match(name):
             raise ConfigError(f"--collector {name!r} must be lowercase letters, digits and '-'")
-        clients.append(Client(name, "collector", (("read", READING_SUBSCRIPTION), ("read", STATUS_SUBSCRIPTION)),
+        clients.append(Client(name, "collector", (("read", READING_SUBSCRIPTION), ("read", STATUS_SUBSCRIPTION),
+                                                  ("write", alert_topic(SECURITY, "+"))),
                               "BEMS_COLLECTOR_BROKER__", (("BEMS_COLLECTOR_CLIENT_ID", name),)))
     clients.append(Client("analytics", "analytics", tuple(("write", alert_topic(c, "+")) for c in COMMODITIES),
                           "BEMS_ANALYTICS_BROKER__"))

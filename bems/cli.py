@@ -278,10 +278,35 @@ def _verify(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _keygen(argv: Sequence[str]) -> int:
+    """``bems edge keygen``: a new Ed25519 key for an edge; prints only the public half and where it goes."""
+    import datetime as dt
+
+    from bems.signing import generate_key
+
+    p = argparse.ArgumentParser(prog="bems edge keygen", description="Create an edge's signing key (Ed25519).")
+    p.add_argument("--out", required=True, help="private key file to write (mode 0600), e.g. "
+                                                "edge-state/<edge-id>/signing.key; give it to the edge's --signing-key")
+    p.add_argument("--force", action="store_true", help="replace an existing key (rotation: see the README)")
+    p.add_argument("--edge-id", help="the edge's id, to name it in the instructions")
+    args = p.parse_args(argv)
+    signer = generate_key(args.out, force=args.force)
+    edge = f"edge {args.edge_id!r}" if args.edge_id else "the edge"
+    print(f"private key written to {args.out} (0600); it never leaves the edge")
+    print(f"public key  {signer.public_key}")
+    print(f"key id      {signer.kid}")
+    print(f"add this line under public_keys: of {edge} in the fleet file (keep an old key there until the edge's "
+          "queue holds no reading signed with it):")
+    print(f'      - "{signer.public_key}"  # kid {signer.kid}, created {dt.date.today().isoformat()}')
+    return 0
+
+
 def _stage(module: str):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         import importlib
 
+        if module == "edge" and args.rest[:1] == ["keygen"]:
+            return _keygen(args.rest[1:])
         return int(importlib.import_module(f"{module}.__main__").main(args.rest))
     return run
 
@@ -362,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--collector", action="append", metavar="NAME",
                     help="one credential per collector instance (default: one named 'collector'); repeatable")
     bc.add_argument("--utility", action="append", metavar="NAME=COMMODITY[,COMMODITY]",
-                    help="a utility reading its commodities' alerts, e.g. tavanir=electricity; repeatable")
+                    help="a utility reading its commodities' alerts, e.g. tavanir=electricity; soc=security for a "
+                         "security desk reading the collectors' security alerts; repeatable")
     bc.add_argument("--cafile", help="CA certificate(s) clients trust, when bringing your own certificates")
     bc.add_argument("--certfile", help="the broker's certificate (PEM, intermediates after it)")
     bc.add_argument("--keyfile", help="the broker's private key (PEM, unencrypted)")
@@ -407,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, default=20, help="rows to list, newest first")
     dead.set_defaults(func=_deadletter)
 
-    for name, help_text in (("edge", "run an edge agent"), ("collector", "run the collector"),
+    edge_help = "run an edge agent (`bems edge keygen --out FILE` creates its signing key)"
+    for name, help_text in (("edge", edge_help), ("collector", "run the collector"),
                             ("analytics", "run the detectors"), ("api", "run the API and dashboard"),
                             ("simulators", "run simulated meters")):
         sp = sub.add_parser(name, help=help_text, add_help=False)

@@ -24,6 +24,7 @@ import yaml
 from bems.errors import BemsError
 from bems.seal import generate_seal_key
 from bems.services import ManagedProcess, Mosquitto, find_binary, port_in_use, wait_port
+from bems.signing import generate_key, load_signing_key
 from bems.state import StateDB
 
 DEMO_FLEET = Path(__file__).with_name("demo_fleet.yaml")
@@ -50,10 +51,19 @@ def check_ports(opts: DemoOptions) -> None:
             raise DemoError(f"port {port} on 127.0.0.1 is in use; choose another with {flag} <port>")
 
 
+def key_path(opts: DemoOptions, edge_id: str) -> Path:
+    return opts.data_dir / "keys" / f"{edge_id}.key"
+
+
 def write_fleet(opts: DemoOptions) -> Path:
+    """The demo fleet with this run's ports and each edge's public key (a key is made once per data directory)."""
     data = yaml.safe_load(DEMO_FLEET.read_text(encoding="utf-8"))
     for meter in data["meters"]:
         meter["device"]["port"] = opts.modbus_port
+    for edge in data["edges"]:
+        path = key_path(opts, edge["id"])
+        signer = load_signing_key(path) if path.exists() else generate_key(path)
+        edge["public_keys"] = [signer.public_key]
     path = opts.data_dir / "fleet.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
@@ -141,12 +151,14 @@ class Demo:
               + (f" (writing {o.history_days:g} days of history first)" if backfill else ""))
         self._stage("simulators", "simulators", "--config", fleet, *backfill)
         self._stage("collector", "collector", "--config", fleet, "--broker", broker_url, "--store", store,
-                    "--client-id", "bems-demo-collector", *([] if creds else ["--allow-anonymous-broker"]),
+                    "--client-id", "bems-demo-collector", "--state-url", db,
+                    *([] if creds else ["--allow-anonymous-broker"]),
                     env={f"BEMS_COLLECTOR_BROKER__{k}": v for k, v in creds.items()})
         wait_port(o.modbus_port, 180)
         for edge in yaml.safe_load(Path(fleet).read_text(encoding="utf-8"))["edges"]:
             self._stage(f"edge-{edge['id']}", "edge", "--config", fleet, "--edge-id", edge["id"],
-                        "--broker", broker_url, env={f"BEMS_EDGE_BROKER__{k}": v for k, v in creds.items()})
+                        "--broker", broker_url, "--signing-key", str(key_path(o, edge["id"])),
+                        env={f"BEMS_EDGE_BROKER__{k}": v for k, v in creds.items()})
         seal_key = o.data_dir / "seal.key"
         if not seal_key.exists():
             generate_seal_key(seal_key)  # seals made with it check only with it: kept across restarts

@@ -189,6 +189,14 @@ def _aware(target: Base, _context: object) -> None:
             setattr(target, col.key, _utc(getattr(target, col.key)))
 
 
+def alert_payload(alert: Alert) -> dict:
+    """An alert as published on MQTT and sent to webhooks (analytics' alerts and the collector's security alerts)."""
+    return {"v": 1, "id": alert.id, "building": alert.building, "meter": alert.meter, "commodity": alert.commodity,
+            "type": alert.type, "severity": alert.severity, "status": alert.status,
+            "start": alert.start.isoformat(), "end": alert.end.isoformat(), "excess": alert.excess,
+            "unit": alert.unit, "message": alert.message}
+
+
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

@@ -1,8 +1,9 @@
 """Collector throughput, each figure beside its reference measured in the same run.
 
-1. Broker -> store: N readings wait in the broker for a persistent session (QoS 1); then the collector connects
-   and drains them into a SQLite store (validation, flags, dedupe, batched writes, acks after the write), against
-   a bare paho subscriber (MQTT 5, same receive maximum, QoS 1, auto-ack) that only counts the same N messages.
+1. Broker -> store: N signed readings wait in the broker for a persistent session (QoS 1); then the collector
+   connects and drains them into a SQLite store (validation, signature check, flags, dedupe, batched writes, acks
+   after the write), against a bare paho subscriber (MQTT 5, same receive maximum, QoS 1, auto-ack) that only
+   counts the same N messages.
    The two alternate for several rounds and the median ratio is the figure (the machine is shared).
 2. Into InfluxDB 1.x: points/s through ``InfluxV1Store.write`` (Reading objects -> line protocol -> /write) in
    batches, against a raw loop POSTing the same points as prebuilt line protocol in the same batches.
@@ -39,7 +40,7 @@ from bems.store.influx import InfluxV1Store, lines_body
 from bems.wire import READING_SUBSCRIPTION, Reading
 from collector.service import Collector
 from collector.settings import CollectorSettings
-from tests.stages import write_fleet
+from tests.stages import edge_signer, write_fleet
 
 RECEIVE_MAXIMUM = 20_000
 
@@ -194,7 +195,8 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bems-bench-collector-"))
     fleet_path = make_fleet(tmp, args.meters)
-    messages = [(r.topic, r.to_json()) for r in make_readings(fleet_path, args.readings)]
+    signers = {e.id: edge_signer(fleet_path, e.id) for e in load_fleet(fleet_path).edges}
+    messages = [(r.topic, r.signed(signers[r.edge]).to_json()) for r in make_readings(fleet_path, args.readings)]
     size = sum(len(p) for _, p in messages) / len(messages)
 
     broker = Mosquitto(tmp / "broker")

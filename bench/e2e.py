@@ -100,8 +100,8 @@ def main() -> None:
     for p in ports:
         wait_port(p, 30)
     store = TimedStore(tmp / "readings.db")
-    collector = Collector(CollectorSettings(fleet=fleet_path, broker={"url": broker.url},
-                                            allow_anonymous_broker=True, client_id="bench"),
+    collector = Collector(CollectorSettings(fleet=fleet_path, broker={"url": broker.url}, client_id="bench",
+                                            allow_anonymous_broker=True, data_dir=tmp / "collector-data"),
                           load_fleet(fleet_path), store)
     collector.start()
     collector.watch.connected.wait(10)

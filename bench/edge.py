@@ -33,7 +33,7 @@ from bems.fleet import load_fleet
 from bems.registers import encode, load_profile, plan_reads
 from bems.services import Mosquitto, free_port, wait_port
 from edge.__main__ import use_uvloop
-from tests.stages import StageProcess, write_fleet
+from tests.stages import StageProcess, signing_key, write_fleet
 
 BUILDING = {"id": "bench-hq", "name": "Bench HQ", "city": "Tehran", "floor_area_m2": 10000}
 
@@ -138,6 +138,7 @@ def start_edge(tmp: Path, fleet: Path, broker: Mosquitto, name: str, *args: str)
     port = free_port()
     edge = StageProcess("edge", ["--config", str(fleet), "--edge-id", "edge-bench", "--broker", broker.url,
                                  "--state-dir", str(tmp / f"state-{name}"), "--metrics-port", str(port),
+                                 "--signing-key", str(signing_key(fleet, "edge-bench")),
                                  "--log-level", "WARNING", *args], tmp / f"{name}.log")
     wait_port(port, 20)
     return edge, port

@@ -5,7 +5,8 @@ the collector is away, and a Receive Maximum so the broker may have a whole batc
 (mosquitto's default window for MQTT 3.1.1 clients is 20 messages). A message is acknowledged (manual PUBACK)
 only once its reading is durable: in the store, in the disk buffer, or, when refused, in the dead-letter store.
 A crash before that leaves the message with the broker, which delivers it again to the same client id; the
-store's (meter, time) key makes the second write harmless.
+store's (meter, time) key makes the second write harmless. With ``signatures: required`` (the default) every
+reading must also carry a valid signature of its edge and stay within the replay window (collector/security.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import paho.mqtt.client as mqtt
@@ -34,6 +36,7 @@ from bems.wire import READING_SUBSCRIPTION, Reading
 from collector.deadletter import DeadLetterError, DeadLetters, Letter
 from collector.metrics import Metrics
 from collector.quality import DOUBTFUL, CounterTracker
+from collector.security import HighWater, Screen, SecurityAlerts
 from collector.settings import CollectorSettings
 from collector.spool import Spool
 from collector.validate import Rejected, Validator
@@ -80,6 +83,7 @@ class Collector:
         self.client = make_client(settings.broker, settings.client_id, manual_ack=True, protocol=mqtt.MQTTv5)
         self.watch = ConnectionWatch(self.client, f"collector {settings.client_id}", on_connected=self._on_connected)
         self.client.on_message = self._on_message
+        self.security = self._security(settings, fleet, data_dir)
         self._session = 0
         self._held = 0
         self._rejections_logged: dict[str, int] = {}
@@ -88,6 +92,16 @@ class Collector:
         self._stop = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="collector-writer", daemon=True)
         self._maintainer = threading.Thread(target=self._maintenance_loop, name="collector-maintenance", daemon=True)
+
+    def _security(self, settings: CollectorSettings, fleet: Fleet, data_dir: Path) -> Screen | None:
+        """Signature and replay checks, unless ``signatures: off`` was chosen explicitly."""
+        if settings.signatures == "off":
+            log.warning("signatures: off: readings are stored without checking who made them")
+            return None
+        alerts = SecurityAlerts(settings.resolved_state_url(), fleet,
+                                lambda topic, payload: self.client.publish(topic, payload, qos=1))
+        return Screen(fleet, HighWater(data_dir / "replay.db", settings.client_id), settings.replay_window,
+                      settings.verify_threads, alerts)
 
     @property
     def subscription(self) -> str:
@@ -125,6 +139,8 @@ class Collector:
         self._writer.join(timeout=STOP_GRACE_S + 10)
         if self._maintainer.is_alive():
             self._maintainer.join(timeout=30)
+        if self.security is not None:
+            self.security.close()  # records (and publishes) the last security alerts
         self.client.disconnect()
         self.client.loop_stop()
         if self.spool is not None:
@@ -181,6 +197,14 @@ class Collector:
                 letters.append(Letter(item.topic, item.payload, exc.kind, str(exc)))
                 refused.append(item)
                 self._log_rejection(item.topic, exc)
+        if self.security is not None and readings:  # signatures and replays: collector/security.py
+            refusals = self.security.screen(readings)
+            for r in refusals:
+                letters.append(Letter(good[r.index].topic, good[r.index].payload, r.kind, r.message))
+                refused.append(good[r.index])
+                self._log_rejection(good[r.index].topic, Rejected(r.kind, r.message))
+            for r in reversed(refusals):
+                del good[r.index], readings[r.index]
         if letters:
             try:
                 self.deadletters.add(letters)

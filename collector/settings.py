@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from bems.settings import BrokerSettings, StageSettings, influx_token_problem
+from bems.settings import PLACEHOLDER_SECRETS, BrokerSettings, StageSettings, influx_token_problem
 
 WEEK_S = 7 * 24 * 3600
 
@@ -43,6 +44,14 @@ class CollectorSettings(StageSettings):
     maintenance_interval_s: float = Field(600.0, gt=0, description="period of rollups and retention")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics here")
     allow_anonymous_broker: bool = Field(False, description="connect without broker credentials (tests, demo)")
+    signatures: str = Field("required",
+                            description="required: store only readings signed by a key the fleet file registers "
+                                        "for their edge and building; off: no check (say so explicitly)")
+    replay_window: int = Field(100_000, ge=1, description="a signed reading whose seq is this far below the highest "
+                                                          "seq seen from its edge is refused as a replay")
+    verify_threads: int = Field(2, ge=1, le=64, description="threads verifying signatures (Ed25519 releases the GIL)")
+    state_url: str | None = Field(None, description="relational state (security alerts); default: "
+                                                    "sqlite:///<data-dir>/state.db, as the API's default")
 
     @model_validator(mode="after")
     def _secrets_present(self) -> CollectorSettings:
@@ -54,12 +63,30 @@ class CollectorSettings(StageSettings):
             raise ValueError(problem)
         return self
 
+    @field_validator("signatures")
+    @classmethod
+    def _signatures(cls, value: str) -> str:
+        if value not in ("required", "off"):
+            raise ValueError(f"{value!r} is not a policy: use 'required' (store only readings signed by their edge, "
+                             "the default) or 'off' (no check)")
+        return value
+
     @model_validator(mode="after")
     def _window_holds_a_batch(self) -> CollectorSettings:
         if self.receive_maximum < self.batch_size:
             raise ValueError(f"receive_maximum ({self.receive_maximum}) must be at least batch_size "
                              f"({self.batch_size}): acknowledgements wait for a whole batch")
+        if self.replay_window < self.receive_maximum:
+            raise ValueError(f"replay_window ({self.replay_window}) must be at least receive_maximum "
+                             f"({self.receive_maximum}): a batch delivered again after a restart must not count as "
+                             "a replay")
+        password = urlsplit(self.state_url or "").password
+        if password is not None and unquote(password).lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("the password in state_url (BEMS_COLLECTOR_STATE_URL) is a placeholder; set a real secret")
         return self
+
+    def resolved_state_url(self) -> str:
+        return self.state_url or f"sqlite:///{self.resolved_data_dir().resolve() / 'state.db'}"
 
     def resolved_data_dir(self) -> Path:
         if self.data_dir is not None:

@@ -6,7 +6,9 @@
 
 The queue worker is the only user of the queue; its SQLite work runs on one worker thread, so a slow disk never
 stalls the polling loop. Readings wait in memory for at most ``LINGER_S`` before they are stored, and nothing is
-published before it is stored.
+published before it is stored. Each reading is signed once, with the edge's Ed25519 key, as it is stored: a queued
+reading keeps the signature it was stored with, so it still verifies after a restart with a new key (while the
+fleet file lists the old public key too).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from datetime import datetime
 
 from bems.errors import ConfigError
 from bems.fleet import Fleet, load_fleet
+from bems.signing import Signer, key_id, load_signing_key, parse_public_key
 from bems.wire import Quality, Reading
 from edge.metrics import EdgeCollector, MetricsServer, Totals, summary
 from edge.modbus import Bus, make_bus
@@ -54,6 +57,28 @@ def plan_devices(settings: EdgeSettings, fleet: Fleet) -> tuple[list[DeviceState
     return devices, dict(buses)
 
 
+def load_signer(settings: EdgeSettings, fleet: Fleet) -> Signer:
+    """The edge's signing key, refused when the fleet file registers other keys for this edge: every reading it
+    signed would be refused by the collector, so it had better not start."""
+    path = settings.signing_key_path()
+    try:
+        signer = load_signing_key(path)
+    except ConfigError as exc:
+        raise ConfigError(f"signing_key (--signing-key, BEMS_EDGE_SIGNING_KEY): {exc}") from None
+    registered = {key_id(parse_public_key(k)): k for k in fleet.edge(settings.edge_id).public_keys}
+    if registered and signer.kid not in registered:
+        raise ConfigError(
+            f"signing_key {path} is key {signer.kid}, but {settings.fleet} registers only key(s) "
+            f"{', '.join(registered)} for edge {settings.edge_id!r}: the collector would refuse every reading. "
+            f"Add its public key under the edge's public_keys (keep the old one until the queue is empty):\n"
+            f"      - \"{signer.public_key}\"  # kid {signer.kid}\nor start with the registered key's file")
+    if not registered:
+        log.warning("%s registers no public key for edge %s: a collector that requires signatures refuses its "
+                    "readings; add under the edge: public_keys: [\"%s\"]  # kid %s", settings.fleet,
+                    settings.edge_id, signer.public_key, signer.kid)
+    return signer
+
+
 def make_buses(groups: dict[str, list[DeviceState]]) -> dict[str, Bus]:
     return {key: make_bus(devs[0].meter.device, max(d.timeout for d in devs)) for key, devs in groups.items()}
 
@@ -63,6 +88,7 @@ class EdgeAgent:
         self.settings = settings
         self.building = fleet.edge(settings.edge_id).building
         self.devices, self.groups = plan_devices(settings, fleet)
+        self.signer = load_signer(settings, fleet)
         self.outbox = Outbox(settings.queue_path(), int(settings.queue_max_mb * 1e6))
         self.totals = Totals(queue_depth=self.outbox.depth)
         self.pending: list[Callable[[int], tuple[str, bytes]]] = []
@@ -84,12 +110,12 @@ class EdgeAgent:
 
     # -- wiring -------------------------------------------------------------------------------------------------
     def sink(self, dev: DeviceState, ts: datetime, values: dict[str, float], quality: Quality) -> None:
-        """Called by the pollers: the reading gets its sequence number when it is stored."""
-        meter, building, edge = dev.id, self.building, self.settings.edge_id
+        """Called by the pollers: the reading gets its sequence number and its signature when it is stored."""
+        meter, building, edge, signer = dev.id, self.building, self.settings.edge_id, self.signer
 
         def render(seq: int) -> tuple[str, bytes]:
             r = Reading(meter=meter, building=building, edge=edge, ts=ts, seq=seq, values=values, quality=quality)
-            return r.topic, r.to_json()
+            return r.topic, r.signed(signer).to_json()
 
         self.pending.append(render)
         self._wake.set()
@@ -178,8 +204,9 @@ class EdgeAgent:
             self.metrics = MetricsServer(EdgeCollector(self.devices, self.totals), s.metrics_host, s.metrics_port)
             log.info("metrics on http://%s:%d/metrics", s.metrics_host, self.metrics.port)
         buses = make_buses(self.groups)
-        log.info("edge %s polls %d meters on %d connections; queue %s holds %d readings (last seq %d)",
-                 s.edge_id, len(self.devices), len(buses), self.outbox.path, self.outbox.depth, self.outbox.last_seq)
+        log.info("edge %s polls %d meters on %d connections; queue %s holds %d readings (last seq %d); signing "
+                 "with key %s", s.edge_id, len(self.devices), len(buses), self.outbox.path, self.outbox.depth,
+                 self.outbox.last_seq, self.signer.kid)
         publishing = asyncio.create_task(self.publisher.run())
         publishing.add_done_callback(_report_crash)
         on_health = lambda _d: self._status_now.set()  # noqa: E731

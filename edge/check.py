@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bems.fleet import load_fleet
-from edge.agent import make_buses, plan_devices
+from edge.agent import load_signer, make_buses, plan_devices
 from edge.modbus import Bus, ReadError
 from edge.poller import DeviceState, read_device
 from edge.settings import EdgeSettings
@@ -27,6 +27,7 @@ async def check(settings: EdgeSettings, console: Console | None = None) -> int:
     """Returns 0 when every device answered, 1 otherwise."""
     fleet = load_fleet(settings.fleet)
     devices, groups = plan_devices(settings, fleet)
+    signer = load_signer(settings, fleet)
     buses = make_buses(groups)
     results: dict[str, tuple[bool, float, str]] = {}
 
@@ -58,4 +59,5 @@ async def check(settings: EdgeSettings, console: Console | None = None) -> int:
     if not console.is_terminal:
         console.width = max(console.width, 160)  # a log file or pipe: do not fold the values
     console.print(table)
+    console.print(f"signing key {settings.signing_key_path()}: key id {signer.kid}", soft_wrap=True)
     return 0 if ok == len(devices) else 1

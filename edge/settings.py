@@ -28,6 +28,8 @@ class EdgeSettings(StageSettings):
     metrics_host: str = Field("127.0.0.1", description="address of the metrics endpoint")
     status_interval_s: float = Field(30.0, gt=0, description="how often the retained status carries the counters")
     check: bool = Field(False, description="validate the config, read every device once, print a table and exit")
+    signing_key: Path | None = Field(None, description="this edge's Ed25519 private key (from `bems edge keygen`); "
+                                                       "default: <state-dir>/<edge-id>/signing.key")
 
     @model_validator(mode="after")
     def _broker_files(self) -> EdgeSettings:
@@ -45,5 +47,10 @@ class EdgeSettings(StageSettings):
         return self
 
     def queue_path(self) -> Path:
-        base = self.state_dir or Path(self.fleet).resolve().parent / "edge-state"
-        return base / self.edge_id / "queue.db"
+        return self._state_base() / self.edge_id / "queue.db"
+
+    def signing_key_path(self) -> Path:
+        return self.signing_key or self._state_base() / self.edge_id / "signing.key"
+
+    def _state_base(self) -> Path:
+        return self.state_dir or Path(self.fleet).resolve().parent / "edge-state"

@@ -16,7 +16,7 @@ import httpx
 import paho.mqtt.client as mqtt
 
 from bems.services import free_port
-from tests.stages import StageProcess, wait_for, write_fleet
+from tests.stages import StageProcess, signing_key, wait_for, write_fleet
 
 BUILDING = {"id": "test-hq", "name": "Test HQ", "city": "Tehran", "floor_area_m2": 5000}
 
@@ -97,7 +97,8 @@ class Edge:
         self.state_dir = tmp / "state"
         self.queue = self.state_dir / edge_id / "queue.db"
         self.proc = StageProcess("edge", ["--config", str(fleet), "--edge-id", edge_id, "--broker", broker_url,
-                                          "--state-dir", str(self.state_dir), "--metrics-port",
+                                          "--state-dir", str(self.state_dir), "--signing-key",
+                                          str(signing_key(fleet, edge_id)), "--metrics-port",
                                           str(self.metrics_port), "--status-interval-s", "1", *args],
                                  tmp / f"{name}.log", env=env)
 

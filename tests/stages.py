@@ -17,6 +17,7 @@ import yaml
 
 from bems.fleet import load_fleet
 from bems.services import free_port
+from bems.signing import Signer, generate_key, load_signing_key
 from simulators.model import FleetModel, fleet_model
 from simulators.server import MeterServer
 
@@ -79,8 +80,22 @@ class ThreadedSimulator:
 
 def write_fleet(path: Path, buildings: list[dict[str, Any]], meters: list[dict[str, Any]],
                 edges: list[dict[str, Any]]) -> Path:
+    """The fleet file; every edge that lists no public key gets a signing key (see ``signing_key``) registered."""
+    edges = [e if "public_keys" in e else {**e, "public_keys": [edge_signer(path, e["id"]).public_key]}
+             for e in edges]
     path.write_text(yaml.safe_dump({"buildings": buildings, "edges": edges, "meters": meters}), encoding="utf-8")
     return path
+
+
+def signing_key(fleet: Path, edge_id: str) -> Path:
+    """Where ``write_fleet`` keeps an edge's key: the edge's default without --state-dir or --signing-key."""
+    return fleet.parent / "edge-state" / edge_id / "signing.key"
+
+
+def edge_signer(fleet: Path, edge_id: str = "edge-test") -> Signer:
+    """The edge's signer (made on first use), for tests that publish readings as that edge."""
+    path = signing_key(fleet, edge_id)
+    return load_signing_key(path) if path.exists() else generate_key(path)
 
 
 def small_fleet(path: Path, poll_period_s: float = 0.5, modbus_port: int | None = None) -> Path:

@@ -24,11 +24,12 @@ import sqlalchemy
 
 from bems.cli import main
 from bems.services import Influxd, free_port
+from bems.signing import Signer
 from bems.state import StateDB
 from bems.store import Store, open_store
 from bems.wire import Reading
 from tests.conftest import REQUIRE, need
-from tests.stages import StageProcess, small_fleet, wait_for
+from tests.stages import StageProcess, edge_signer, small_fleet, wait_for
 
 PG_URL = os.environ.get("BEMS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 ELEC, WATER = "test-hq.main-elec", "test-hq.water"
@@ -150,9 +151,9 @@ def run_bems_verify(capsys, store_url: str, state_url: str, fleet: Path, key_fil
 class _Publisher(threading.Thread):
     """Publishes live readings of the electricity meter at a steady pace, in order, QoS 1."""
 
-    def __init__(self, port: int, total: int, first_seq: int) -> None:
+    def __init__(self, port: int, total: int, first_seq: int, signer: Signer) -> None:
         super().__init__(daemon=True)
-        self.port, self.total, self.first_seq = port, total, first_seq
+        self.port, self.total, self.first_seq, self.signer = port, total, first_seq, signer
         self.sent = 0
         self.error: BaseException | None = None
 
@@ -163,7 +164,8 @@ class _Publisher(threading.Thread):
             client.loop_start()
             for i in range(self.total):
                 r = Reading(meter=ELEC, building="test-hq", edge="edge-test", ts=LIVE_START + dt.timedelta(seconds=i),
-                            seq=self.first_seq + i, values={"power_w": 1000.0 + i * 0.25, "energy_kwh": i / 8})
+                            seq=self.first_seq + i, values={"power_w": 1000.0 + i * 0.25, "energy_kwh": i / 8}
+                            ).signed(self.signer)
                 info = client.publish(r.topic, r.to_json(), qos=1)
                 if i % 100 == 99:
                     info.wait_for_publish(5)
@@ -192,7 +194,7 @@ def test_sqlite_online_backup_while_collector_writes_then_wipe_and_restore(mosqu
     fleet = small_fleet(tmp_path / "fleet.yaml")
     collector = StageProcess("collector", ["--config", str(fleet), "--broker", mosquitto.url, "--store", store_url,
                                            "--client-id", "c-backup"], tmp_path / "collector.log")
-    publisher = _Publisher(mosquitto.port, live, first_seq=minutes)
+    publisher = _Publisher(mosquitto.port, live, first_seq=minutes, signer=edge_signer(fleet))
     try:
         wait_for(lambda: "connected to the broker" in collector.output(), 15, "collector to connect")
         publisher.start()

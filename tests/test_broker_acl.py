@@ -48,7 +48,7 @@ TWO_ELEC = "bems/v1/b-two/elec/reading"
 ONE_STATUS = "bems/v1/b-one/edge/edge-one/status"
 TWO_STATUS = "bems/v1/b-two/edge/edge-two/status"
 READINGS = "bems/v1/+/+/reading"
-UTILITIES = ["tavanir=electricity", "gasco=gas,water"]
+UTILITIES = ["tavanir=electricity", "gasco=gas,water", "soc=security"]
 
 
 def fleet_file(path: Path, with_two: bool = True) -> Path:
@@ -357,23 +357,35 @@ def test_collectors_share_readings_through_a_shared_subscription(broker: Broker)
     assert got_a and got_b, "both members take a share"
 
 
-def test_collector_cannot_publish_readings_status_or_alerts(broker: Broker) -> None:
+def test_collector_publishes_security_alerts_only(broker: Broker) -> None:
+    """A collector may publish a security alert (a reading it refused), read by the security desk alone; it may not
+    publish readings, status or commodity alerts, and no one else may publish security alerts."""
     observer = broker.connect("collector-a")
     observer.subscribe(READINGS)
     observer.subscribe("bems/v1/+/edge/+/status")
-    utility = broker.connect("utility-tavanir")
-    utility.subscribe("bems/v1/alerts/#")
+    utility, soc = broker.connect("utility-tavanir"), broker.connect("utility-soc")
+    for u in (utility, soc):
+        u.subscribe("bems/v1/alerts/#")
     rogue = broker.connect("collector-b")
     forged = {ONE_ELEC: nonce("col-reading"), ONE_STATUS: nonce("col-status"),
               "bems/v1/alerts/electricity/b-one": nonce("col-alert")}
     for topic, payload in forged.items():
         rogue.publish(topic, payload)  # PUBACK: the broker handled (dropped) each before the fences below
     edge, analytics = broker.connect("edge-one"), broker.connect("analytics")
+    for name, client in (("edge", edge), ("analytics", analytics)):
+        forged[f"bems/v1/alerts/security/b-one#{name}"] = payload = nonce(f"{name}-security-alert")
+        client.publish("bems/v1/alerts/security/b-one", payload)
+    security = nonce("security-alert")
+    rogue.publish("bems/v1/alerts/security/b-one", security)
     r, al = nonce("edge-after"), nonce("alert-after")
     edge.publish(ONE_ELEC, r)
     analytics.publish("bems/v1/alerts/electricity/b-one", al)
-    wait_for(lambda: observer.got(r) and utility.got(al), 5, "the legitimate reading and alert")
-    assert not [p for p in forged.values() if observer.got(p) or utility.got(p)]
+    later = nonce("security-alert-later")  # routed after al: when soc has it, al would have come first
+    rogue.publish("bems/v1/alerts/security/b-one", later)
+    wait_for(lambda: observer.got(r) and utility.got(al) and soc.got(security) and soc.got(later), 5,
+             "the legitimate reading, alert and security alerts")
+    assert not [p for p in forged.values() if observer.got(p) or utility.got(p) or soc.got(p)]
+    assert not utility.got(security) and not soc.got(al), "each reads only its own alerts"
 
 
 # --- analytics and utilities ---------------------------------------------------------------------------------

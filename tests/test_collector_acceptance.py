@@ -33,7 +33,7 @@ from bems.services import Influxd, Mosquitto, free_port
 from bems.store import Store, open_store
 from bems.wire import Reading
 from collector.deadletter import DeadLetters
-from tests.stages import StageProcess, small_fleet, wait_for
+from tests.stages import StageProcess, edge_signer, small_fleet, wait_for
 
 ELEC, WATER = "test-hq.main-elec", "test-hq.water"
 WRAP = 2**32 * 0.01  # the ADAM-6050 pulse counter: uint32 pulses of 0.01 m3
@@ -89,8 +89,10 @@ class Publisher:
         self.client.disconnect()
 
 
-def readings_messages(readings: list[Reading]) -> list[tuple[str, bytes]]:
-    return [(r.topic, r.to_json()) for r in readings]
+def readings_messages(readings: list[Reading], fleet: Path) -> list[tuple[str, bytes]]:
+    """The payloads as the fleet's edge sends them: signed with its key."""
+    signer = edge_signer(fleet)
+    return [(r.topic, r.signed(signer).to_json()) for r in readings]
 
 
 def start_collector(tmp_path: Path, fleet: Path, broker: str, store_url: str, client_id: str, *,
@@ -145,7 +147,7 @@ def test_sigkill_mid_stream_then_restart_stores_every_sequence_once(backend: str
     readings = stream(n)
     collector = start_collector(tmp_path, fleet, mosquitto.url, store_url, "c-kill")
     pub = Publisher(mosquitto.port)
-    sender = threading.Thread(target=pub.send, args=(readings_messages(readings), 1500))
+    sender = threading.Thread(target=pub.send, args=(readings_messages(readings, fleet), 1500))
     sender.start()
     with open_store(store_url) as store:
         try:
@@ -178,7 +180,7 @@ def test_influxdb_down_30s_under_load_loses_and_doubles_nothing(mosquitto: Mosqu
     rate, seconds = 250, 40
     readings = stream(rate * seconds)
     pub = Publisher(mosquitto.port)
-    sender = threading.Thread(target=pub.send, args=(readings_messages(readings), rate))
+    sender = threading.Thread(target=pub.send, args=(readings_messages(readings, fleet), rate))
     revived: Influxd | None = None
     sender.start()
     try:
@@ -299,11 +301,11 @@ def test_v2_write_path_retries_429_and_500_and_dead_letters_a_400(mosquitto: Mos
     letters = DeadLetters(tmp_path / "collector-data" / "deadletter.db")
     try:
         with open_store(url, token=v2proxy.token) as store:
-            pub.send(readings_messages(first))
+            pub.send(readings_messages(first, fleet))
             wait_for(lambda: store.count() >= 200, 20, "the first readings through 429 and 500")
-            pub.send(readings_messages(poison))
+            pub.send(readings_messages(poison, fleet))
             wait_for(lambda: letters.count("store_rejected") >= 1, 10, "the refused batch in dead-letter")
-            pub.send(readings_messages(last))
+            pub.send(readings_messages(last, fleet))
             pub.wait()
             wait_for(lambda: store.count() >= 400, 20, "the readings after the refusal")
             time.sleep(0.3)
@@ -337,7 +339,7 @@ def test_two_collectors_in_a_share_group_split_the_stream_and_store_it_once(mosq
     n = 4000
     pub = Publisher(mosquitto.port)
     try:
-        pub.send(readings_messages(stream(n)), rate=2000)
+        pub.send(readings_messages(stream(n), fleet), rate=2000)
         pub.wait()
         with open_store(store_url) as store:
             wait_for(lambda: store.count() >= n, 30, "the whole stream")
@@ -377,7 +379,7 @@ def test_rollover_and_meter_swap_give_right_consumption_and_flags(backend: str, 
     collector = start_collector(tmp_path, fleet, mosquitto.url, store_url, "c-roll", metrics_port=port)
     pub = Publisher(mosquitto.port)
     try:
-        pub.send(readings_messages(readings))
+        pub.send(readings_messages(readings, fleet))
         pub.wait()
         with open_store(store_url) as store:
             wait_for(lambda: store.count() >= len(readings), 20, "the readings")
@@ -458,7 +460,7 @@ def hostile_payloads(rng: random.Random, good: Reading, n: int) -> list[tuple[st
 def test_fuzz_10000_hostile_payloads_are_dead_lettered_and_good_ones_stored(mosquitto: Mosquitto, fleet: Path,
                                                                             tmp_path: Path) -> None:
     rng = random.Random(20261125)
-    good = stream(1000)
+    good = [r.signed(edge_signer(fleet)) for r in stream(1000)]
     template = next(r for r in good if r.meter == ELEC)
     bad = hostile_payloads(rng, template, 10_000)
     messages: list[tuple[str, bytes]] = [(t, p) for t, p, _ in bad]

@@ -10,7 +10,7 @@ import paho.mqtt.client as mqtt
 from bems.services import free_port
 from bems.store import open_store
 from bems.wire import Reading
-from tests.stages import StageProcess, small_fleet, wait_for
+from tests.stages import StageProcess, edge_signer, small_fleet, wait_for
 
 
 def _rejected(metrics_port: int) -> dict[str, float]:
@@ -39,7 +39,7 @@ def test_bad_payloads_rejected_counted_and_good_one_stored(mosquitto, tmp_path) 
         pub.connect("127.0.0.1", mosquitto.port)
         pub.loop_start()
         good = Reading(meter="test-hq.main-elec", building="test-hq", edge="edge-test",
-                       ts=dt.datetime.now(dt.UTC), seq=7, values={"power_w": 1500.0})
+                       ts=dt.datetime.now(dt.UTC), seq=7, values={"power_w": 1500.0}).signed(edge_signer(fleet))
         bad = [
             ("bems/v1/test-hq/main-elec/reading", b"{not json"),
             ("bems/v1/test-hq/main-elec/reading", good.to_json().replace(b'"seq":7', b'"seq":"seven"')),

@@ -15,13 +15,14 @@ import pytest
 
 from bems.fleet import load_fleet
 from bems.registers import available_profiles, decode_block, load_profile, plan_reads
-from bems.wire import utcnow
+from bems.signing import SignatureRejected, generate_key
+from bems.wire import decode_reading, utcnow
 from edge.__main__ import main, setup
 from edge.agent import EdgeAgent
 from edge.decode import block_decoder
 from edge.outbox import Outbox
 from tests.edge_support import BUILDING
-from tests.stages import write_fleet
+from tests.stages import edge_signer, signing_key, write_fleet
 
 EDGE = {"id": "edge-test", "building": "test-hq", "poll_period_s": 1}
 
@@ -92,7 +93,7 @@ def test_bad_settings_fail_at_start(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "mqtt_version" in run_edge(tmp_path, fleet, "--mqtt-version", "4", capsys=capsys)
     (tmp_path / "blocked").write_text("a file where the state directory should be")
     code = main(["--config", str(fleet), "--edge-id", "edge-test", "--broker", "mqtt://127.0.0.1:1",
-                 "--state-dir", str(tmp_path / "blocked")])
+                 "--state-dir", str(tmp_path / "blocked"), "--signing-key", str(signing_key(fleet, "edge-test"))])
     assert code == 2
     assert "state_dir: cannot open the reading queue" in capsys.readouterr().err
 
@@ -174,8 +175,8 @@ def test_fast_block_decoder_matches_the_profiles() -> None:
 def test_readings_wait_in_memory_while_the_queue_cannot_be_written(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     fleet = write_fleet(tmp_path / "fleet.yaml", [BUILDING], [meter()], [EDGE])
-    agent = EdgeAgent(setup(["--config", str(fleet), "--edge-id", "edge-test", "--state-dir", str(tmp_path)]),
-                      load_fleet(fleet))
+    agent = EdgeAgent(setup(["--config", str(fleet), "--edge-id", "edge-test", "--state-dir", str(tmp_path),
+                             "--signing-key", str(signing_key(fleet, "edge-test"))]), load_fleet(fleet))
     real, calls = agent.outbox.cycle, []
 
     def disk_full_twice(*args):  # type: ignore[no-untyped-def]
@@ -200,3 +201,51 @@ def test_readings_wait_in_memory_while_the_queue_cannot_be_written(tmp_path: Pat
         agent.outbox.close()
     assert [json.loads(r[2])["values"]["power_w"] for r in rows] == [0.0, 1.0, 2.0], "none lost, in order"
     assert [r[0] for r in rows] == list(range(rows[0][0], rows[0][0] + 3))
+
+
+def test_a_missing_signing_key_fails_at_start_naming_the_setting_and_the_fix(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = write_fleet(tmp_path / "fleet.yaml", [BUILDING], [meter()], [EDGE])
+    err = run_edge(tmp_path, fleet, capsys=capsys)  # --state-dir elsewhere: no key at <state-dir>/edge-test/
+    assert "signing_key (--signing-key, BEMS_EDGE_SIGNING_KEY)" in err
+    assert f"bems edge keygen --out {tmp_path / 'state' / 'edge-test' / 'signing.key'}" in err
+
+
+def test_a_key_the_fleet_does_not_register_for_the_edge_refuses_to_start(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = write_fleet(tmp_path / "fleet.yaml", [BUILDING], [meter()], [EDGE])
+    registered = edge_signer(fleet).kid
+    other = generate_key(tmp_path / "other.key")
+    err = run_edge(tmp_path, fleet, "--signing-key", str(tmp_path / "other.key"), capsys=capsys)
+    assert other.kid in err and registered in err, err
+    assert other.public_key in err, "the message gives the line to add to the fleet file"
+
+
+def test_every_stored_reading_is_signed_once_with_the_edges_key(tmp_path: Path) -> None:
+    fleet_path = write_fleet(tmp_path / "fleet.yaml", [BUILDING], [meter()], [EDGE])
+    fleet = load_fleet(fleet_path)
+    agent = EdgeAgent(setup(["--config", str(fleet_path), "--edge-id", "edge-test"]), fleet)
+
+    async def poll_twice() -> list[tuple[int, str, bytes]]:
+        agent._loop = asyncio.get_running_loop()
+        for i in range(2):
+            agent.sink(agent.devices[0], utcnow(), {"power_w": 1000.5 + i, "energy_kwh": 0.1 * i}, "uncertain")
+        await agent._cycle()
+        return agent.outbox.fetch(0, 10)
+
+    try:
+        rows = asyncio.run(poll_twice())
+    finally:
+        agent.pool.shutdown()
+        agent.outbox.close()
+    assert len(rows) == 2
+    ring = fleet.keyring()
+    for seq, topic, payload in rows:
+        r = decode_reading(payload, topic)
+        assert (r.seq, r.kid) == (seq, edge_signer(fleet_path).kid)
+        ring.verify(r.kid, r.sig, building=r.building, meter=r.meter, edge=r.edge, ts_ms=r.ts_ms, seq=r.seq,
+                    values=r.values)
+        with pytest.raises(SignatureRejected) as exc:
+            ring.verify(r.kid, r.sig, building=r.building, meter=r.meter, edge=r.edge, ts_ms=r.ts_ms, seq=r.seq,
+                        values={**r.values, "power_w": r.values["power_w"] + 1})
+        assert exc.value.kind == "bad_signature"

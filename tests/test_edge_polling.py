@@ -227,4 +227,6 @@ def test_check_prints_what_each_device_answered(tmp_path: Path) -> None:
     lines = {line.split()[1]: line for line in out.stdout.splitlines() if "test-hq.m00" in line}
     assert "ok" in lines["test-hq.m000"] and "volume_m3=1234.5" in lines["test-hq.m000"]
     assert "failed" in lines["test-hq.m001"]
-    assert not (tmp_path / "edge-state").exists(), "--check touches no queue"
+    assert (tmp_path / "edge-state" / "edge-test").exists(), "the edge's key is there (tests.stages.write_fleet)"
+    assert not list((tmp_path / "edge-state").rglob("queue.db*")), "--check touches no queue"
+    assert f"signing key {tmp_path / 'edge-state' / 'edge-test' / 'signing.key'}: key id " in out.stdout

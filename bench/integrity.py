@@ -1,0 +1,188 @@
+"""What signed readings cost at ingest, measured through the real collector on one broker in one run.
+
+1. Signed vs unsigned ingest: N readings wait in mosquitto for the collector's persistent session (QoS 1); the
+   collector connects and drains them into a SQLite store. Once as signed readings with ``signatures: required``
+   (every signature verified, the replay rule applied), once as the same readings unsigned with
+   ``signatures: off``. The two alternate for several rounds (the machine is shared) and the median ratio is the
+   figure.
+2. Verify throughput: measured by ``bench/verify_throughput.py`` (``measure(quick) -> list[str]``) when present.
+
+Prints figures and ``goal`` lines; exits 0 whether or not a goal is met.
+
+    python bench/integrity.py [--readings 20000] [--rounds 3] [--meters 200] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bems.fleet import load_fleet
+from bems.services import Mosquitto
+from bems.store import open_store
+from bems.wire import Reading
+from collector.service import Collector
+from collector.settings import CollectorSettings
+from tests.stages import edge_signer, write_fleet
+
+RECEIVE_MAXIMUM = 20_000
+
+
+def make_fleet(tmp: Path, meters: int, buildings: int = 4) -> Path:
+    per = meters // buildings
+    bs = [{"id": f"bench-b{b}", "name": f"b{b}", "city": "Tehran", "floor_area_m2": 5000} for b in range(buildings)]
+    es = [{"id": f"edge-b{b}", "building": f"bench-b{b}"} for b in range(buildings)]
+    ms = [{"id": f"bench-b{b}.m{i}", "building": f"bench-b{b}", "commodity": "electricity", "rated_kw": 500,
+           "device": {"port": 1502, "device_id": i + 1, "profile": "sdm630"}}
+          for b in range(buildings) for i in range(per)]
+    return write_fleet(tmp / "fleet.yaml", bs, ms, es)
+
+
+def make_readings(fleet_path: Path, n: int) -> list[Reading]:
+    """Full SDM630 readings (8 fields), round-robin over the meters, each edge's sequence increasing."""
+    meters = load_fleet(fleet_path).meters
+    t0 = dt.datetime.now(dt.UTC) - dt.timedelta(hours=20)
+    out = []
+    for i in range(n):
+        m, k = meters[i % len(meters)], i // len(meters)
+        out.append(Reading(meter=m.id, building=m.building, edge=f"edge-{m.building.split('-')[1]}",
+                           ts=t0 + dt.timedelta(seconds=5 * k), seq=1_000_000 + i,
+                           values={"voltage_l1_v": 229.5 + (i % 7) * 0.1, "current_l1_a": 40.0 + (i % 11),
+                                   "power_l1_w": 9100.0 + i % 300, "power_w": 27500.0 + i % 900,
+                                   "frequency_hz": 50.01, "energy_kwh": 182733.4 + 0.04 * k,
+                                   "energy_export_kwh": 0.0, "energy_total_kwh": 182733.4 + 0.04 * k}))
+    return out
+
+
+def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-integrity-pub")
+    pub.max_inflight_messages_set(1000)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    infos = [pub.publish(t, p, qos=1) for t, p in messages]
+    for info in infos:
+        info.wait_for_publish(120)
+    pub.loop_stop()
+    pub.disconnect()
+
+
+def end_session(port: int, client_id: str) -> None:
+    """Connect clean with no expiry: the broker forgets the session, so it queues nothing more for it."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    c.connect("127.0.0.1", port, clean_start=True, properties=props)
+    c.disconnect()
+
+
+def drain(broker: Mosquitto, fleet_path: Path, tmp: Path, name: str, messages: list[tuple[str, bytes]],
+          signatures: str) -> tuple[float, int, float, float]:
+    """(readings/s from the collector's start until all are stored, readings stored, dead-lettered, CPU time of
+    this process per reading in µs: every collector thread, less sensitive than the rate to a busy machine)."""
+    client_id = f"bench-integrity-{name}"
+    settings = CollectorSettings(fleet=fleet_path, broker={"url": broker.url}, client_id=client_id,
+                                 store=f"sqlite:///{tmp}/readings-{name}.db", data_dir=tmp / f"data-{name}",
+                                 receive_maximum=RECEIVE_MAXIMUM, signatures=signatures)
+    fleet = load_fleet(fleet_path)
+    with open_store(settings.store) as store:
+        first = Collector(settings, fleet, store)  # subscribe once, so the broker queues for this session
+        first.start()
+        first.watch.connected.wait(10)
+        time.sleep(0.5)
+        first.stop()
+        publish_all(broker.port, messages)
+        collector = Collector(settings, fleet, store)
+        n = len(messages)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        collector.start()
+        done = lambda: collector.metrics.value("bems_collector_stored_total") + collector.metrics.value(  # noqa: E731
+            "bems_collector_deadlettered_total")
+        while done() < n and time.perf_counter() - t0 < 300:
+            time.sleep(0.005)
+        rate = collector.metrics.value("bems_collector_stored_total") / (time.perf_counter() - t0)
+        cpu_us = (time.process_time() - cpu0) / n * 1e6
+        dead = collector.metrics.value("bems_collector_deadlettered_total")
+        collector.stop()
+        end_session(broker.port, client_id)
+        return rate, store.count(), dead, cpu_us
+
+
+def verify_throughput(quick: bool) -> list[str]:
+    """Part 2, kept in its own file: ``bench/verify_throughput.py`` with ``measure(quick) -> list[str]``."""
+    path = Path(__file__).with_name("verify_throughput.py")
+    if not path.exists():
+        return [f"verify throughput: {path.name} is missing, not measured"]
+    spec = importlib.util.spec_from_file_location("bench_verify_throughput", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return list(module.measure(quick))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--readings", type=int, default=20_000, help="messages queued for each drain")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating unsigned/signed rounds (median)")
+    ap.add_argument("--meters", type=int, default=200)
+    ap.add_argument("--quick", action="store_true", help="fewer readings and rounds")
+    args = ap.parse_args()
+    if args.quick:
+        args.readings, args.rounds = min(args.readings, 6000), 1
+    tmp = Path(tempfile.mkdtemp(prefix="bems-bench-integrity-"))
+    fleet_path = make_fleet(tmp, args.meters)
+    readings = make_readings(fleet_path, args.readings)
+    signers = {e.id: edge_signer(fleet_path, e.id) for e in load_fleet(fleet_path).edges}
+    t0 = time.perf_counter()
+    signed = [(r.topic, r.signed(signers[r.edge]).to_json()) for r in readings]
+    sign_us = (time.perf_counter() - t0) / len(readings) * 1e6
+    unsigned = [(r.topic, r.to_json()) for r in readings]
+    size_s = sum(len(p) for _, p in signed) / len(signed)
+    size_u = sum(len(p) for _, p in unsigned) / len(unsigned)
+    print(f"signed vs unsigned ingest: {len(readings)} queued QoS 1 messages per drain ({size_u:.0f} bytes unsigned, "
+          f"{size_s:.0f} signed), {args.meters} meters, {args.rounds} alternating rounds, "
+          f"{CollectorSettings(fleet=fleet_path).verify_threads} verify threads, {os.cpu_count()} cores")
+    print(f"  signing on the edge (model, canonical bytes, Ed25519, JSON): {sign_us:.0f} µs per reading")
+    broker = Mosquitto(tmp / "broker")
+    broker.start()
+    ratios, on_rates, off_rates, on_cpu, off_cpu = [], [], [], [], []
+    try:
+        for i in range(args.rounds):
+            off, off_stored, off_dead, off_us = drain(broker, fleet_path, tmp, f"off-{i}", unsigned, "off")
+            on, on_stored, on_dead, on_us = drain(broker, fleet_path, tmp, f"on-{i}", signed, "required")
+            ratios.append(on / off)
+            on_rates.append(on)
+            off_rates.append(off)
+            on_cpu.append(on_us)
+            off_cpu.append(off_us)
+            print(f"  round {i + 1}: unsigned (signatures off) {off:7.0f} readings/s, {off_us:4.0f} µs CPU each "
+                  f"(stored {off_stored}, dead {off_dead:.0f})   signed (required) {on:7.0f} readings/s, "
+                  f"{on_us:4.0f} µs CPU each (stored {on_stored}, dead {on_dead:.0f})   ratio {on / off:5.2f}")
+    finally:
+        broker.stop()
+    ratio = float(np.median(ratios))
+    print(f"  median unsigned ingest             {np.median(off_rates):10.0f} readings/s "
+          f"({np.median(off_cpu):.0f} µs collector CPU per reading)")
+    print(f"  median signed + verified ingest    {np.median(on_rates):10.0f} readings/s "
+          f"({np.median(on_cpu):.0f} µs collector CPU per reading)")
+    print(f"  median ratio signed/unsigned       {ratio:10.2f}")
+    print(f"  load average during the run        {os.getloadavg()[0]:10.2f} ({os.cpu_count()} cores; other work "
+          "on the machine lowers the ratio: verification needs a free core)")
+    for line in verify_throughput(args.quick):  # part 2: bench/verify_throughput.py
+        print(line)
+    print(f"goal signed_vs_unsigned_ingest {ratio:.2f} target >= 0.7")
+
+
+if __name__ == "__main__":
+    main()
