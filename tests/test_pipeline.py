@@ -4,6 +4,9 @@ store -> API, on both store backends; and injected after-hours waste becomes an 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -66,6 +69,8 @@ def test_value_set_in_simulator_reaches_api(backend: str, mosquitto, tmp_path: P
 
             meters = wait_for(arrived, 5, "the pinned values to reach the API")
             elapsed = time.monotonic() - t0
+            with open_store(store_url) as store:
+                wait_for(lambda: len(store.sequences("test-hq.main-elec")) >= 3, 10, "three stored readings")
         finally:
             codes = [p.stop() for p in reversed(procs)]
     assert elapsed < 5
@@ -74,6 +79,14 @@ def test_value_set_in_simulator_reaches_api(backend: str, mosquitto, tmp_path: P
     with open_store(store_url) as store:
         seqs = store.sequences("test-hq.main-elec")
     assert len(seqs) >= 3 and seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    # every stored reading is the edge's own: its signature checks at rest
+    env = {**os.environ, "BEMS_STORE": store_url, "BEMS_DB": db_url, "BEMS_FLEET": str(fleet)}
+    day = dt.datetime.now(dt.UTC).date()
+    got = subprocess.run([sys.executable, "-m", "bems.cli", "verify", "--building", "test-hq", "--full",
+                          "--from", str(day - dt.timedelta(days=1)), "--to", str(day + dt.timedelta(days=1))],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert got.returncode == 0, got.stdout + got.stderr
+    print(got.stdout)
 
 
 def test_after_hours_waste_becomes_an_alert(tmp_path: Path) -> None:
