@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def export(tmp_path: Path, seed: int) -> tuple[Path, dict[str, int], int]:
     """Four weeks of hourly consumption of the demo fleet, with a spike and a flatline written in."""
     fleet = load_fleet(ROOT / "bems/demo_fleet.yaml")
-    model = fleet_model(fleet, seed=seed)
+    model = fleet_model(fleet, seed=seed, meters=[m for m in fleet.meters if m.commodity != "weather"])
     start = dt.datetime(2026, 10, 3, 20, 30, tzinfo=dt.UTC)  # Saturday 00:00 Tehran
     h = model.history(start, start + dt.timedelta(days=28), dt.timedelta(hours=1))
     x = np.diff(h.counter, axis=1, prepend=(h.counter[:, :1] - h.rate[:, :1]))
