@@ -282,7 +282,7 @@ def test_keygen_writes_a_private_key_and_prints_only_the_public_half(tmp_path: P
 
 def test_collector_settings_require_signatures_by_default_and_refuse_unsafe_values(tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.yaml"
-    settings = CollectorSettings(fleet=fleet, data_dir=tmp_path / "d")
+    settings = CollectorSettings(fleet=fleet, data_dir=tmp_path / "d", allow_anonymous_broker=True)
     assert settings.signatures == "required"
     assert settings.resolved_state_url() == f"sqlite:///{(tmp_path / 'd' / 'state.db').resolve()}"
     for bad, words in (({"signatures": "maybe"}, ["signatures", "'required'", "'off'"]),
@@ -290,6 +290,6 @@ def test_collector_settings_require_signatures_by_default_and_refuse_unsafe_valu
                         ["replay_window (100)", "receive_maximum (5000)"]),
                        ({"state_url": "postgresql+psycopg://bems:changeme@db/bems"}, ["state_url", "placeholder"])):
         with pytest.raises(ValidationError) as exc:
-            CollectorSettings(fleet=fleet, **bad)  # type: ignore[arg-type]
+            CollectorSettings(fleet=fleet, allow_anonymous_broker=True, **bad)  # type: ignore[arg-type]
         assert all(w in str(exc.value) for w in words), str(exc.value)
-    assert CollectorSettings(fleet=fleet, signatures="off").signatures == "off"
+    assert CollectorSettings(fleet=fleet, signatures="off", allow_anonymous_broker=True).signatures == "off"
