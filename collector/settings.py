@@ -10,6 +10,7 @@ from pydantic_settings import SettingsConfigDict
 from bems.settings import BrokerSettings, StageSettings
 
 WEEK_S = 7 * 24 * 3600
+DEFAULT_GROUP = "bems-collectors"  # the $share group of --workers when no --shared-group is given
 
 
 class CollectorSettings(StageSettings):
@@ -22,6 +23,10 @@ class CollectorSettings(StageSettings):
     broker: BrokerSettings = BrokerSettings()
     client_id: str = Field("bems-collector-1", description="stable id: the broker keeps this session's queue")
     shared_group: str | None = Field(None, description="join $share/<group>/ to split the stream with peers")
+    workers: int = Field(1, ge=1, le=64,
+                         description="collector processes started by this command, client ids <client-id>-1..N, "
+                                     f"in the $share group (default {DEFAULT_GROUP}); about one per CPU core; "
+                                     "keep it fixed once chosen (each keeps a broker session)")
     session_expiry_s: int = Field(WEEK_S, ge=0, le=2**32 - 1,
                                   description="how long the broker keeps this collector's queue while it is away")
     receive_maximum: int = Field(20_000, ge=1, le=65_535,
