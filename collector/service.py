@@ -41,6 +41,7 @@ from collector.writer import Backoff, BatchWriter, RecentKeys
 
 log = logging.getLogger("bems.collector")
 STOP_GRACE_S = 5.0  # on SIGTERM, keep writing what already arrived for this long
+BURST_GAP_S = 0.02  # no message for this long after some arrived: the burst is over, write the batch
 
 
 class Incoming(NamedTuple):  # made in paho's network thread for every message: a tuple is cheapest
@@ -144,7 +145,8 @@ class Collector:
             log.warning("cannot record the counter registry yet (%s); will retry", exc)
 
     def _take_batch(self) -> list[Incoming]:
-        """Up to batch_size messages, waiting at most batch_interval_s for them."""
+        """Up to batch_size messages, waiting at most batch_interval_s for them, and no longer than BURST_GAP_S
+        once the stream pauses: the end of a burst (or of a backlog) is written now, not at the deadline."""
         batch: list[Incoming] = []
         size = self.settings.batch_size
         deadline = time.monotonic() + self.settings.batch_interval_s
@@ -156,6 +158,8 @@ class Collector:
             except queue.Empty:
                 pass
             timeout = deadline - time.monotonic()
+            if batch:
+                timeout = min(timeout, BURST_GAP_S)
             if timeout <= 0:
                 break
             try:
