@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import queue
 import re
@@ -263,6 +264,7 @@ async def run(settings: CollectorSettings) -> None:
     collector = Collector(settings, fleet, store)
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=collector.metrics.registry)
+    gc.freeze()  # the fleet, validator tables and modules live as long as the process: keep them out of GC passes
     collector.start()
     try:
         await asyncio.Event().wait()
