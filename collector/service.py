@@ -113,7 +113,7 @@ class Collector:
     def start(self) -> None:
         self._register_counters()
         self._writer.start()
-        if self.settings.raw_retention_days:
+        if self.settings.raw_retention_days and self.settings.maintenance:
             self._maintainer.start()
         self.client.connect_async(self.settings.broker.host, self.settings.broker.port,
                                   keepalive=self.settings.broker.keepalive_s, clean_start=False,

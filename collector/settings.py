@@ -46,6 +46,8 @@ class CollectorSettings(StageSettings):
     raw_retention_days: float | None = Field(400, gt=0, description="raw readings older than this are rolled up "
                                                                      "into 30-minute aggregates (kept) and deleted")
     maintenance_interval_s: float = Field(600.0, gt=0, description="period of rollups and retention")
+    maintenance: bool = Field(True, description="run rollups and retention in this process (with --workers, only "
+                                                "the first worker does)")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics here")
 
     @model_validator(mode="after")

@@ -44,7 +44,8 @@ def recommended_workers() -> int:
 def worker_settings(settings: CollectorSettings, index: int) -> CollectorSettings:
     """Worker ``index`` (1-based): its own client id (and so disk buffer) and metrics port, the shared group."""
     update: dict[str, object] = {"workers": 1, "client_id": f"{settings.client_id}-{index}",
-                                 "shared_group": settings.shared_group or DEFAULT_GROUP}
+                                 "shared_group": settings.shared_group or DEFAULT_GROUP,
+                                 "maintenance": settings.maintenance and index == 1}  # one rollup pass is enough
     if settings.metrics_port:  # 0 (any free port) stays 0
         update["metrics_port"] = settings.metrics_port + index - 1
     return settings.model_copy(update=update)
