@@ -6,8 +6,8 @@ import sys
 from collections.abc import Sequence
 
 from bems import stage
-from collector.service import run
 from collector.settings import CollectorSettings
+from collector.workers import launch
 
 DESCRIPTION = "Subscribe to readings, validate them and write them to the store."
 
@@ -17,7 +17,7 @@ def setup(argv: Sequence[str] | None = None) -> CollectorSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return stage.main(CollectorSettings, run, argv, "python -m collector", DESCRIPTION)
+    return stage.main(CollectorSettings, launch, argv, "python -m collector", DESCRIPTION)
 
 
 if __name__ == "__main__":

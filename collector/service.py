@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import logging
 import queue
 import re
@@ -44,6 +45,7 @@ from collector.writer import Backoff, BatchWriter, RecentKeys
 
 log = logging.getLogger("bems.collector")
 STOP_GRACE_S = 5.0  # on SIGTERM, keep writing what already arrived for this long
+BURST_GAP_S = 0.02  # no message for this long after some arrived: the burst is over, write the batch
 
 
 class Incoming(NamedTuple):  # made in paho's network thread for every message: a tuple is cheapest
@@ -125,7 +127,7 @@ class Collector:
     def start(self) -> None:
         self._register_counters()
         self._writer.start()
-        if self.settings.raw_retention_days:
+        if self.settings.raw_retention_days and self.settings.maintenance:
             self._maintainer.start()
         self.client.connect_async(self.settings.broker.host, self.settings.broker.port,
                                   keepalive=self.settings.broker.keepalive_s, clean_start=False,
@@ -160,7 +162,8 @@ class Collector:
             log.warning("cannot record the counter registry yet (%s); will retry", exc)
 
     def _take_batch(self) -> list[Incoming]:
-        """Up to batch_size messages, waiting at most batch_interval_s for them."""
+        """Up to batch_size messages, waiting at most batch_interval_s for them, and no longer than BURST_GAP_S
+        once the stream pauses: the end of a burst (or of a backlog) is written now, not at the deadline."""
         batch: list[Incoming] = []
         size = self.settings.batch_size
         deadline = time.monotonic() + self.settings.batch_interval_s
@@ -172,6 +175,8 @@ class Collector:
             except queue.Empty:
                 pass
             timeout = deadline - time.monotonic()
+            if batch:
+                timeout = min(timeout, BURST_GAP_S)
             if timeout <= 0:
                 break
             try:
@@ -283,6 +288,7 @@ async def run(settings: CollectorSettings) -> None:
     collector = Collector(settings, fleet, store)
     if settings.metrics_port is not None:
         start_http_server(settings.metrics_port, addr="127.0.0.1", registry=collector.metrics.registry)
+    gc.freeze()  # the fleet, validator tables and modules live as long as the process: keep them out of GC passes
     collector.start()
     try:
         await asyncio.Event().wait()

@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 from bems.settings import PLACEHOLDER_SECRETS, BrokerSettings, StageSettings, influx_token_problem
 
 WEEK_S = 7 * 24 * 3600
+DEFAULT_GROUP = "bems-collectors"  # the $share group of --workers when no --shared-group is given
 
 
 class CollectorSettings(StageSettings):
@@ -23,6 +24,10 @@ class CollectorSettings(StageSettings):
     broker: BrokerSettings = BrokerSettings()
     client_id: str = Field("bems-collector-1", description="stable id: the broker keeps this session's queue")
     shared_group: str | None = Field(None, description="join $share/<group>/ to split the stream with peers")
+    workers: int = Field(1, ge=1, le=64,
+                         description="collector processes started by this command, client ids <client-id>-1..N, "
+                                     f"in the $share group (default {DEFAULT_GROUP}); about one per CPU core; "
+                                     "keep it fixed once chosen (each keeps a broker session)")
     session_expiry_s: int = Field(WEEK_S, ge=0, le=2**32 - 1,
                                   description="how long the broker keeps this collector's queue while it is away")
     receive_maximum: int = Field(20_000, ge=1, le=65_535,
@@ -42,6 +47,8 @@ class CollectorSettings(StageSettings):
     raw_retention_days: float | None = Field(400, gt=0, description="raw readings older than this are rolled up "
                                                                      "into 30-minute aggregates (kept) and deleted")
     maintenance_interval_s: float = Field(600.0, gt=0, description="period of rollups and retention")
+    maintenance: bool = Field(True, description="run rollups and retention in this process (with --workers, only "
+                                                "the first worker does)")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="serve Prometheus metrics here")
     allow_anonymous_broker: bool = Field(False, description="connect without broker credentials (tests, demo)")
     signatures: str = Field("required",

@@ -15,7 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import random
+import signal
+import socket
 import threading
 import time
 from collections import Counter
@@ -26,6 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
+import psutil
 import pytest
 
 from bems.errors import StoreError
@@ -354,6 +358,58 @@ def test_two_collectors_in_a_share_group_split_the_stream_and_store_it_once(mosq
         pub.close()
         codes = [c.stop() for c in collectors]
     assert codes == [0, 0]
+
+
+def free_port_pair() -> int:
+    """A port p with p + 1 free too (the second worker's metrics port)."""
+    for _ in range(50):
+        p = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p + 1))
+            except OSError:
+                continue
+        return p
+    raise AssertionError("no two consecutive free ports")
+
+
+def worker_processes(collector: StageProcess) -> list[psutil.Process]:
+    """The collector's worker processes (not multiprocessing's resource tracker)."""
+    return [p for p in psutil.Process(collector.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+
+
+def test_workers_split_the_stream_survive_a_killed_worker_and_store_it_once(mosquitto: Mosquitto, fleet: Path,
+                                                                             tmp_path: Path) -> None:
+    store_url = f"sqlite:///{tmp_path}/workers.db"
+    port = free_port_pair()
+    collector = start_collector(tmp_path, fleet, mosquitto.url, store_url, "c-workers", metrics_port=port,
+                                extra=("--workers", "2"))
+    wait_for(lambda: collector.output().count("connected to the broker") >= 2, 20, "both workers to connect")
+    workers = worker_processes(collector)
+    assert len(workers) == 2
+    n = 4000
+    messages = readings_messages(stream(n))
+    pub = Publisher(mosquitto.port)
+    try:
+        pub.send(messages[:n // 2], rate=2000)
+        os.kill(workers[0].pid, signal.SIGKILL)  # mid-stream: its unacknowledged share comes again to its successor
+        pub.send(messages[n // 2:], rate=2000)
+        pub.wait()
+        wait_for(lambda: "starting it again" in collector.output(), 20, "the killed worker to be restarted")
+        with open_store(store_url) as store:
+            wait_for(lambda: count_or_zero(store) >= n, 60, "the whole stream")
+            time.sleep(0.3)
+            assert store.count() == n
+            assert stored_seqs(store) == list(range(n))
+        received = [metrics(p)["bems_collector_received_total"] for p in (port, port + 1)]
+        assert all(r > 0.1 * n for r in received), received  # both processes took part after the restart
+        alive = worker_processes(collector)
+        assert len(alive) == 2 and workers[0].pid not in {w.pid for w in alive}
+    finally:
+        pub.close()
+        code = collector.stop()
+    assert code == 0, collector.output()
+    assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in alive), "workers left running"
 
 
 # ---------------------------------------------------------------- 5. rollover and meter swap

@@ -20,8 +20,10 @@ from bems.wire import Reading
 from collector.deadletter import DeadLetters, Letter
 from collector.metrics import Metrics
 from collector.quality import CounterTracker
+from collector.settings import CollectorSettings
 from collector.spool import Spool
 from collector.validate import Rejected, Validator
+from collector.workers import worker_settings
 from collector.writer import Backoff, BatchWriter, RecentKeys
 from tests.stages import small_fleet
 
@@ -227,3 +229,17 @@ def test_sqlite_store_from_an_older_schema_gains_flags(tmp_path: Path) -> None:
     with open_store(f"sqlite:///{tmp_path}/old.db") as store:
         store.write([elec(1)], flags=[FLAG_RESET])
         assert store.latest(["test-hq.main-elec"])["test-hq.main-elec"].flags == ("reset",)
+
+
+def test_workers_get_stable_ids_one_group_own_ports_and_one_maintainer(tmp_path: Path) -> None:
+    base = CollectorSettings(fleet=small_fleet(tmp_path / "fleet.yaml"), client_id="coll-a", workers=3,
+                             metrics_port=9300, batch_size=500)
+    ws = [worker_settings(base, i) for i in (1, 2, 3)]
+    assert [w.client_id for w in ws] == ["coll-a-1", "coll-a-2", "coll-a-3"]
+    assert {w.shared_group for w in ws} == {"bems-collectors"}
+    assert [w.metrics_port for w in ws] == [9300, 9301, 9302]
+    assert [w.maintenance for w in ws] == [True, False, False]
+    assert all(w.workers == 1 and w.batch_size == 500 for w in ws)
+    named = base.model_copy(update={"shared_group": "ingest", "metrics_port": None, "maintenance": False})
+    w1 = worker_settings(named, 1)
+    assert (w1.shared_group, w1.metrics_port, w1.maintenance) == ("ingest", None, False)
