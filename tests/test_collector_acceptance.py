@@ -388,7 +388,7 @@ def test_workers_split_the_stream_survive_a_killed_worker_and_store_it_once(mosq
     workers = worker_processes(collector)
     assert len(workers) == 2
     n = 4000
-    messages = readings_messages(stream(n))
+    messages = readings_messages(stream(n), fleet)
     pub = Publisher(mosquitto.port)
     try:
         pub.send(messages[:n // 2], rate=2000)

@@ -233,7 +233,7 @@ def test_sqlite_store_from_an_older_schema_gains_flags(tmp_path: Path) -> None:
 
 def test_workers_get_stable_ids_one_group_own_ports_and_one_maintainer(tmp_path: Path) -> None:
     base = CollectorSettings(fleet=small_fleet(tmp_path / "fleet.yaml"), client_id="coll-a", workers=3,
-                             metrics_port=9300, batch_size=500)
+                             metrics_port=9300, batch_size=500, allow_anonymous_broker=True)
     ws = [worker_settings(base, i) for i in (1, 2, 3)]
     assert [w.client_id for w in ws] == ["coll-a-1", "coll-a-2", "coll-a-3"]
     assert {w.shared_group for w in ws} == {"bems-collectors"}
