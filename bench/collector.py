@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import resource
 import signal
 import sqlite3
@@ -46,6 +45,7 @@ from bems.fleet import load_fleet
 from bems.services import Influxd, Mosquitto, find_binary
 from bems.store.influx import InfluxV1Store, lines_body
 from bems.wire import READING_SUBSCRIPTION, Reading
+from bench.feed import make_readings, publish_all
 from collector.workers import recommended_workers
 from tests.stages import edge_signer, write_fleet
 
@@ -65,35 +65,6 @@ def make_fleet(tmp: Path, meters: int, buildings: int = 4) -> Path:
            "device": {"port": 1502, "device_id": i + 1, "profile": "sdm630"}}
           for b in range(buildings) for i in range(per)]
     return write_fleet(tmp / "fleet.yaml", bs, ms, es)
-
-
-def make_readings(fleet_path: Path, n: int) -> list[Reading]:
-    """Full SDM630 readings (8 fields), round-robin over the meters, one per meter every 5 s."""
-    meters = load_fleet(fleet_path).meters
-    t0 = dt.datetime.now(dt.UTC) - dt.timedelta(hours=20)
-    out = []
-    for i in range(n):
-        m = meters[i % len(meters)]
-        k = i // len(meters)
-        out.append(Reading(meter=m.id, building=m.building, edge=f"edge-{m.building.split('-')[1]}",
-                           ts=t0 + dt.timedelta(seconds=5 * k), seq=i,
-                           values={"voltage_l1_v": 229.5 + (i % 7) * 0.1, "current_l1_a": 40.0 + (i % 11),
-                                   "power_l1_w": 9100.0 + i % 300, "power_w": 27500.0 + i % 900,
-                                   "frequency_hz": 50.01, "energy_kwh": 182733.4 + 0.04 * k,
-                                   "energy_export_kwh": 0.0, "energy_total_kwh": 182733.4 + 0.04 * k}))
-    return out
-
-
-def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-pub")
-    pub.max_inflight_messages_set(1000)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    infos = [pub.publish(t, p, qos=1) for t, p in messages]
-    for info in infos:
-        info.wait_for_publish(120)
-    pub.loop_stop()
-    pub.disconnect()
 
 
 def v5_client(client_id: str, port: int, clean: bool, on_message=None) -> mqtt.Client:  # type: ignore[no-untyped-def]

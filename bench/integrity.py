@@ -15,7 +15,6 @@ Prints figures and ``goal`` lines; exits 0 whether or not a goal is met.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib.util
 import os
 import sys
@@ -34,7 +33,7 @@ if not __package__:  # run as a script: import the project's packages, not bench
 from bems.fleet import load_fleet
 from bems.services import Mosquitto
 from bems.store import open_store
-from bems.wire import Reading
+from bench.feed import make_readings, publish_all
 from collector.service import Collector
 from collector.settings import CollectorSettings
 from tests.stages import edge_signer, write_fleet
@@ -50,34 +49,6 @@ def make_fleet(tmp: Path, meters: int, buildings: int = 4) -> Path:
            "device": {"port": 1502, "device_id": i + 1, "profile": "sdm630"}}
           for b in range(buildings) for i in range(per)]
     return write_fleet(tmp / "fleet.yaml", bs, ms, es)
-
-
-def make_readings(fleet_path: Path, n: int) -> list[Reading]:
-    """Full SDM630 readings (8 fields), round-robin over the meters, each edge's sequence increasing."""
-    meters = load_fleet(fleet_path).meters
-    t0 = dt.datetime.now(dt.UTC) - dt.timedelta(hours=20)
-    out = []
-    for i in range(n):
-        m, k = meters[i % len(meters)], i // len(meters)
-        out.append(Reading(meter=m.id, building=m.building, edge=f"edge-{m.building.split('-')[1]}",
-                           ts=t0 + dt.timedelta(seconds=5 * k), seq=1_000_000 + i,
-                           values={"voltage_l1_v": 229.5 + (i % 7) * 0.1, "current_l1_a": 40.0 + (i % 11),
-                                   "power_l1_w": 9100.0 + i % 300, "power_w": 27500.0 + i % 900,
-                                   "frequency_hz": 50.01, "energy_kwh": 182733.4 + 0.04 * k,
-                                   "energy_export_kwh": 0.0, "energy_total_kwh": 182733.4 + 0.04 * k}))
-    return out
-
-
-def publish_all(port: int, messages: list[tuple[str, bytes]]) -> None:
-    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-integrity-pub")
-    pub.max_inflight_messages_set(1000)
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    infos = [pub.publish(t, p, qos=1) for t, p in messages]
-    for info in infos:
-        info.wait_for_publish(120)
-    pub.loop_stop()
-    pub.disconnect()
 
 
 def end_session(port: int, client_id: str) -> None:
@@ -104,7 +75,7 @@ def drain(broker: Mosquitto, fleet_path: Path, tmp: Path, name: str, messages: l
         first.watch.connected.wait(10)
         time.sleep(0.5)
         first.stop()
-        publish_all(broker.port, messages)
+        publish_all(broker.port, messages, "bench-integrity-pub")
         collector = Collector(settings, fleet, store)
         n = len(messages)
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -143,7 +114,7 @@ def main() -> None:
         args.readings, args.rounds = min(args.readings, 6000), 1
     tmp = Path(tempfile.mkdtemp(prefix="bems-bench-integrity-"))
     fleet_path = make_fleet(tmp, args.meters)
-    readings = make_readings(fleet_path, args.readings)
+    readings = make_readings(fleet_path, args.readings, first_seq=1_000_000)
     signers = {e.id: edge_signer(fleet_path, e.id) for e in load_fleet(fleet_path).edges}
     t0 = time.perf_counter()
     signed = [(r.topic, r.signed(signers[r.edge]).to_json()) for r in readings]
