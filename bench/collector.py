@@ -45,9 +45,9 @@ from bems.fleet import load_fleet
 from bems.services import Influxd, Mosquitto, find_binary
 from bems.store.influx import InfluxV1Store, lines_body
 from bems.wire import READING_SUBSCRIPTION, Reading
-from bench.feed import make_readings, publish_all
+from bench.feed import make_fleet, make_readings, publish_all
 from collector.workers import recommended_workers
-from tests.stages import edge_signer, write_fleet
+from tests.stages import edge_signer
 
 ROOT = Path(__file__).resolve().parents[1]
 RECEIVE_MAXIMUM = 20_000
@@ -55,16 +55,6 @@ RECEIVE_MAXIMUM = 20_000
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def make_fleet(tmp: Path, meters: int, buildings: int = 4) -> Path:
-    per = meters // buildings
-    bs = [{"id": f"bench-b{b}", "name": f"b{b}", "city": "Tehran", "floor_area_m2": 5000} for b in range(buildings)]
-    es = [{"id": f"edge-b{b}", "building": f"bench-b{b}"} for b in range(buildings)]
-    ms = [{"id": f"bench-b{b}.m{i}", "building": f"bench-b{b}", "commodity": "electricity", "rated_kw": 500,
-           "device": {"port": 1502, "device_id": i + 1, "profile": "sdm630"}}
-          for b in range(buildings) for i in range(per)]
-    return write_fleet(tmp / "fleet.yaml", bs, ms, es)
 
 
 def v5_client(client_id: str, port: int, clean: bool, on_message=None) -> mqtt.Client:  # type: ignore[no-untyped-def]

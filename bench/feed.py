@@ -9,6 +9,18 @@ import paho.mqtt.client as mqtt
 
 from bems.fleet import load_fleet
 from bems.wire import Reading
+from tests.stages import write_fleet
+
+
+def make_fleet(tmp: Path, meters: int, buildings: int = 4) -> Path:
+    """``meters`` SDM630 meters spread over ``buildings`` buildings with one edge each."""
+    per = meters // buildings
+    bs = [{"id": f"bench-b{b}", "name": f"b{b}", "city": "Tehran", "floor_area_m2": 5000} for b in range(buildings)]
+    es = [{"id": f"edge-b{b}", "building": f"bench-b{b}"} for b in range(buildings)]
+    ms = [{"id": f"bench-b{b}.m{i}", "building": f"bench-b{b}", "commodity": "electricity", "rated_kw": 500,
+           "device": {"port": 1502, "device_id": i + 1, "profile": "sdm630"}}
+          for b in range(buildings) for i in range(per)]
+    return write_fleet(tmp / "fleet.yaml", bs, ms, es)
 
 
 def make_readings(fleet_path: Path, n: int, first_seq: int = 0) -> list[Reading]:

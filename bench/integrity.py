@@ -33,22 +33,12 @@ if not __package__:  # run as a script: import the project's packages, not bench
 from bems.fleet import load_fleet
 from bems.services import Mosquitto
 from bems.store import open_store
-from bench.feed import make_readings, publish_all
+from bench.feed import make_fleet, make_readings, publish_all
 from collector.service import Collector
 from collector.settings import CollectorSettings
-from tests.stages import edge_signer, write_fleet
+from tests.stages import edge_signer
 
 RECEIVE_MAXIMUM = 20_000
-
-
-def make_fleet(tmp: Path, meters: int, buildings: int = 4) -> Path:
-    per = meters // buildings
-    bs = [{"id": f"bench-b{b}", "name": f"b{b}", "city": "Tehran", "floor_area_m2": 5000} for b in range(buildings)]
-    es = [{"id": f"edge-b{b}", "building": f"bench-b{b}"} for b in range(buildings)]
-    ms = [{"id": f"bench-b{b}.m{i}", "building": f"bench-b{b}", "commodity": "electricity", "rated_kw": 500,
-           "device": {"port": 1502, "device_id": i + 1, "profile": "sdm630"}}
-          for b in range(buildings) for i in range(per)]
-    return write_fleet(tmp / "fleet.yaml", bs, ms, es)
 
 
 def end_session(port: int, client_id: str) -> None:
