@@ -46,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.set_event_loop_policy(policy)  # main() may run inside another program (tests)
     from edge.check import check
 
-    stage.configure_logging("CRITICAL" if settings.log_level.upper() == "INFO" else settings.log_level)
+    stage.configure_logging("CRITICAL" if settings.log_level.upper() == "INFO" else settings.log_level,
+                            stage.secret_values(settings))
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the table says what failed
     try:
