@@ -19,7 +19,7 @@ import numpy as np
 from analytics.towt import design, fit
 from bems.calendar import OfficeCalendar
 from bems.fleet import TEMPERATURE_FIELD, Fleet, Meter
-from bems.kpi import HOUR, cumulative_field, read_hourly
+from bems.kpi import HOUR, cumulative_field, read_hourly, time_axis
 from bems.store import Store
 from bems.tariff import TariffBook
 
@@ -52,19 +52,14 @@ class SavingsReport:
     meters: list[MeterSavings]
 
 
-def _axis(start: dt.datetime, n: int) -> np.ndarray:
-    return np.datetime64(start.astimezone(dt.UTC).replace(tzinfo=None), "s") + np.arange(n) * np.timedelta64(3600, "s")
-
-
 def features(times: np.ndarray, temp: np.ndarray | None, calendar: OfficeCalendar) -> np.ndarray:
     """The TOWT design matrix: time-of-week slot of each hour (weekday x hour on open days, 168 + hour on closed
     days and holidays), then the temperature basis for working and for closed hours."""
     masks = calendar.bucket_masks(times, np.timedelta64(3600, "s"))
     hour = masks.local_hour.astype(np.int64)
     slot = np.where(masks.open_day & ~masks.holiday, masks.local_weekday.astype(np.int64) * 24 + hour, 7 * 24 + hour)
-    if temp is None:
-        return design(slot, np.zeros(times.size), SLOTS)[:, :SLOTS]
-    return design(slot, np.nan_to_num(temp), SLOTS, occupied=masks.working)
+    return design(slot, None if temp is None else np.nan_to_num(temp), SLOTS,
+                  occupied=None if temp is None else masks.working)
 
 
 def temperature(store: Store, sensor: Meter | None, start: dt.datetime, end: dt.datetime) -> np.ndarray | None:
@@ -81,7 +76,7 @@ def measure(store: Store, fleet: Fleet, building: str, meters: list[Meter], base
     sensor = fleet.weather_meter(building)
     y_base = read_hourly(store, metered, *baseline)
     y_rep = read_hourly(store, metered, *report)
-    t_base, t_rep = _axis(baseline[0], y_base.shape[1]), _axis(report[0], y_rep.shape[1])
+    t_base, t_rep = time_axis(baseline[0], y_base.shape[1]), time_axis(report[0], y_rep.shape[1])
     temp_base = temperature(store, sensor, *baseline)
     temp_rep = temperature(store, sensor, *report) if temp_base is not None else None
     use_temp = temp_base is not None and temp_rep is not None

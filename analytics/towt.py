@@ -24,15 +24,17 @@ def temperature_features(temp: np.ndarray, knots: tuple[float, ...] = DEFAULT_KN
     return np.stack(cols, axis=1)
 
 
-def design(slot_of_week: np.ndarray, temp: np.ndarray, slots: int, knots: tuple[float, ...] = DEFAULT_KNOTS,
+def design(slot_of_week: np.ndarray, temp: np.ndarray | None, slots: int, knots: tuple[float, ...] = DEFAULT_KNOTS,
            occupied: np.ndarray | None = None) -> np.ndarray:
-    """[T, slots + temperature segments]: one-hot time of week, then the temperature basis.
+    """[T, slots + temperature segments]: one-hot time of week, then the temperature basis (none without ``temp``).
 
     With ``occupied``, as in TOWT, the temperature basis is fitted twice, once for occupied and once for
     unoccupied hours: heating and cooling follow the weather only while the HVAC schedule runs.
     """
     onehot = np.zeros((slot_of_week.size, slots))
     onehot[np.arange(slot_of_week.size), slot_of_week] = 1.0
+    if temp is None:
+        return onehot
     temps = temperature_features(temp, knots)
     if occupied is not None:
         occ = np.asarray(occupied, dtype=np.float64)[:, None]

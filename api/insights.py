@@ -42,6 +42,7 @@ from bems.kpi import (
     load_building,
     read_hourly,
     row_sum,
+    time_axis,
 )
 from bems.state import StateDB
 from bems.store import Store
@@ -215,8 +216,7 @@ def portfolio_payload(fleet: Fleet, who: Principal, store: Store, state: StateDB
         return group_sum(hourly[rows], owner[rows], nb) if rows.any() else np.full((nb, hourly.shape[1]), np.nan)
 
     elec, gas = per_building("electricity"), per_building("gas")
-    times = (np.datetime64(start.replace(tzinfo=None), "s")
-             + np.arange(hourly.shape[1]) * np.timedelta64(3600, "s"))
+    times = time_axis(start, hourly.shape[1])
     after = calendar.bucket_masks(times, np.timedelta64(3600, "s")).after_hours if times.size else np.zeros(0, bool)
     with np.errstate(invalid="ignore", divide="ignore"):
         e_total = np.nansum(elec, axis=1)

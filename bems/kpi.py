@@ -82,6 +82,12 @@ def pct_change(actual: float | None, reference: float | None) -> float | None:
     return (actual - reference) / reference * 100.0
 
 
+def time_axis(start: dt.datetime, n: int, bucket: dt.timedelta = HOUR) -> np.ndarray:
+    """``n`` bucket starts from ``start`` as UTC ``datetime64[s]``: the time axis of what ``read_hourly`` returns."""
+    step = np.timedelta64(int(bucket.total_seconds()), "s")
+    return np.datetime64(start.astimezone(dt.UTC).replace(tzinfo=None), "s") + np.arange(n) * step
+
+
 def row_sum(matrix: np.ndarray) -> np.ndarray:
     """Sum over meters per column; NaN where no meter has data (not 0: missing is not zero use)."""
     m = np.asarray(matrix, dtype=np.float64)
@@ -226,11 +232,8 @@ def load_building(store: Store, building: Building, meters: Sequence[Meter], sta
     elec = [m for m in metered if m.commodity == "electricity"]
     quarter = row_sum(read_hourly(store, elec, start, end, QUARTER))
     n = hourly.shape[1] - BASELINE_WEEKS * HOURS_PER_WEEK
-    t0 = np.datetime64(start.astimezone(dt.UTC).replace(tzinfo=None), "s")
-    return BuildingData(building=building, meters=metered,
-                        times=t0 + np.arange(n) * np.timedelta64(3600, "s"), hourly=hourly,
-                        last_year=last_year[:, :n],
-                        quarter_times=t0 + np.arange(quarter.size) * np.timedelta64(900, "s"),
+    return BuildingData(building=building, meters=metered, times=time_axis(start, n), hourly=hourly,
+                        last_year=last_year[:, :n], quarter_times=time_axis(start, quarter.size, QUARTER),
                         quarter_kwh=quarter, now=now or dt.datetime.now(dt.UTC))
 
 
