@@ -28,7 +28,6 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import struct
 from collections.abc import Sequence
@@ -39,9 +38,10 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy import select
 
+from bems.certs import write_private
 from bems.errors import ConfigError
 from bems.fleet import Fleet
-from bems.settings import PLACEHOLDER_SECRETS, StageSettings
+from bems.settings import StageSettings, is_placeholder
 from bems.signing import KeyRing, SignatureRejected, canonical
 from bems.state import Seal, StateDB
 from bems.store import SignedPoints, Store
@@ -102,7 +102,7 @@ def load_seal_key(key: SecretStr | str | None, key_file: Path | None) -> SealKey
     if key is None:
         return None
     text = key.strip()
-    if text.lower() in PLACEHOLDER_SECRETS or len(text) < MIN_KEY_CHARS:
+    if is_placeholder(text) or len(text) < MIN_KEY_CHARS:
         raise ConfigError(f"{where}: a placeholder or shorter than {MIN_KEY_CHARS} characters; generate a key "
                           "with `bems seal --keygen PATH` and give its path with --seal-key-file")
     return SealKey(text.encode())
@@ -113,11 +113,8 @@ def generate_seal_key(path: str | Path) -> SealKey:
     path = Path(path)
     if path.exists():
         raise ConfigError(f"{path} already exists; keep it (its seals check only with it), or move it away first")
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
+    write_private(path, text + "\n")
     return SealKey(text.encode())
 
 

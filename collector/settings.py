@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from bems.settings import PLACEHOLDER_SECRETS, BrokerSettings, StageSettings, influx_token_problem
+from bems.settings import BrokerSettings, StageSettings, influx_token_problem
 
 WEEK_S = 7 * 24 * 3600
 DEFAULT_GROUP = "bems-collectors"  # the $share group of --workers when no --shared-group is given
@@ -87,9 +86,6 @@ class CollectorSettings(StageSettings):
             raise ValueError(f"replay_window ({self.replay_window}) must be at least receive_maximum "
                              f"({self.receive_maximum}): a batch delivered again after a restart must not count as "
                              "a replay")
-        password = urlsplit(self.state_url or "").password
-        if password is not None and unquote(password).lower() in PLACEHOLDER_SECRETS:
-            raise ValueError("the password in state_url (BEMS_COLLECTOR_STATE_URL) is a placeholder; set a real secret")
         return self
 
     def resolved_state_url(self) -> str:
