@@ -24,6 +24,7 @@ from multiprocessing.process import BaseProcess
 
 from bems import stage
 from bems.errors import BemsError, ConfigError
+from bems.settings import secret_values
 from collector.service import STOP_GRACE_S, run
 from collector.settings import DEFAULT_GROUP, CollectorSettings
 
@@ -53,7 +54,7 @@ def worker_settings(settings: CollectorSettings, index: int) -> CollectorSetting
 
 def _worker_main(settings: CollectorSettings) -> None:
     """Entry point of a worker process (spawned: a fresh interpreter, no threads inherited)."""
-    stage.configure_logging(settings.log_level)
+    stage.configure_logging(settings.log_level, secret_values(settings))
     try:
         asyncio.run(stage._until_signal(run(settings)))
     except BemsError as exc:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from bems import stage
 from bems.errors import BemsError
+from bems.settings import secret_values
 from edge.agent import run
 from edge.settings import EdgeSettings
 
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from edge.check import check
 
     stage.configure_logging("CRITICAL" if settings.log_level.upper() == "INFO" else settings.log_level,
-                            stage.secret_values(settings))
+                            secret_values(settings))
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # the table says what failed
     try:
