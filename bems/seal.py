@@ -1,10 +1,11 @@
 """Seals: tamper evidence for readings at rest, one seal per meter and UTC day.
 
 A seal records how many readings a meter has on a day, a SHA-256 over them in time order (each reading's signed
-bytes, bems.signing.canonical, then its signature, each length-prefixed: one running hash commits to the whole
-ordered sequence, as a per-point chain would, at the cost of one hash object per day), and an HMAC-SHA256 of
-(meter, day, count, digest) with the server's seal key. Signatures prove each reading came from its edge; seals add
-what signatures cannot: that no reading was deleted, and, for a fleet that does not sign, that none was altered.
+bytes, bems.signing.canonical, then its batch signature and proof, each length-prefixed: one running hash commits
+to the whole ordered sequence, as a per-point chain would, at the cost of one hash object per day), and an
+HMAC-SHA256 of (meter, day, count, digest) with the server's seal key. Signatures prove each reading came from its
+edge; seals add what signatures cannot: that no reading was deleted, and, for a fleet that does not sign, that none
+was altered.
 The seal rows live in the relational state, apart from the readings, and cannot be forged without the key.
 
 A day is sealed once it ended more than ``seal_after_hours`` (26 by default: a day's readings buffered by an edge
@@ -138,14 +139,14 @@ def point_bytes(building: str, meter: str, pts: SignedPoints, i: int) -> bytes:
 
 
 def day_digest(building: str, meter: str, day: str, pts: SignedPoints) -> str:
-    """SHA-256 over the day's readings in time order: each one's signed bytes, then its signature."""
+    """SHA-256 over the day's readings in time order: each one's signed bytes, then its signature and proof."""
     h = hashlib.sha256(f"{SEAL_DOMAIN}\n{meter}\n{day}\n".encode())
     pack = struct.Struct(">I").pack
-    ts, seq, edge, values, sig = pts.ts_ms.tolist(), pts.seq.tolist(), pts.edge, pts.values, pts.sig
+    ts, seq, edge, values = pts.ts_ms.tolist(), pts.seq.tolist(), pts.edge, pts.values
     for i in range(len(ts)):
         data = canonical(building, meter, edge[i], ts[i], seq[i], values[i])
-        s = (sig[i] or "").encode()
-        h.update(pack(len(data)) + data + pack(len(s)) + s)
+        s, p = (pts.sig[i] or "").encode(), (pts.proof[i] or "").encode()
+        h.update(pack(len(data)) + data + pack(len(s)) + s + pack(len(p)) + p)
     return h.hexdigest()
 
 
@@ -156,8 +157,8 @@ def bad_signatures(keyring: KeyRing, building: str, meter: str, pts: SignedPoint
         if pts.sig[i] is None and pts.kid[i] is None:
             continue
         try:
-            keyring.verify(pts.kid[i], pts.sig[i], building=building, meter=meter, edge=pts.edge[i],
-                           ts_ms=int(pts.ts_ms[i]), seq=int(pts.seq[i]), values=pts.values[i])
+            keyring.verify(pts.kid[i], pts.sig[i], proof=pts.proof[i], building=building, meter=meter,
+                           edge=pts.edge[i], ts_ms=int(pts.ts_ms[i]), seq=int(pts.seq[i]), values=pts.values[i])
         except SignatureRejected as exc:
             out.append((i, str(exc)))
     return out
@@ -218,14 +219,15 @@ def seal_pass(store: Store, state: StateDB, fleet: Fleet, key: SealKey, *, until
             continue
         counts = store.day_counts(meters, from_ms(start_ms), from_ms(end_ms))
         seals = load_seals(state, meters, day_name(start_ms), day_name(end_ms))
-        for meter in meters:
-            for day_ms, n in sorted(counts.get(meter, {}).items()):
-                day = day_name(day_ms)
-                seal = seals.get((meter, day))
-                if seal is not None and seal.count == n:
-                    report.unchanged += 1  # altered values with the same count are for bems verify to find
-                    continue
-                _seal_day(store, state, key, keyring, b, meter, day, day_ms, seal, report)
+        # day by day, each day's meters in turn: an edge signs its meters' readings of one poll round together,
+        # so a batch's signature is checked once (the key ring remembers it) rather than once per meter
+        for day_ms, meter, n in sorted((d, m, n) for m in meters for d, n in counts.get(m, {}).items()):
+            day = day_name(day_ms)
+            seal = seals.get((meter, day))
+            if seal is not None and seal.count == n:
+                report.unchanged += 1  # altered values with the same count are for bems verify to find
+                continue
+            _seal_day(store, state, key, keyring, b, meter, day, day_ms, seal, report)
     return report
 
 

@@ -2,8 +2,9 @@
 
 Per meter and UTC day: a sealed day is proven when its seal is authentic (HMAC with the seal key) and the stored
 readings give the sealed count and digest (bems.seal). A day whose seal does not match, a day with no seal, and
-every day with ``--full`` go through the signature path: each reading's Ed25519 signature is checked with the
-fleet's public keys. A reading with no signature (a fleet that does not sign) is proven by its day's seal only.
+every day with ``--full`` go through the signature path: each reading's batch signature and Merkle proof are
+checked with the fleet's public keys. A reading with no signature (a fleet that does not sign) is proven by its
+day's seal only.
 
 Exit status: 0 every reading proven; 1 something was altered, added or deleted (the first finding is named);
 3 nothing found wrong, but some readings are unproven (unsigned, on days without a seal).
@@ -111,8 +112,8 @@ def verify_building(store: Store, state: StateDB, fleet: Fleet, building: str, s
     report = VerifyReport(building, s, e, meters=len(meters), seals_checked=key is not None)
     keyring = fleet.keyring()
     seals = load_seals(state, meters, day_name(s), day_name(e))
-    for meter in meters:
-        for day_ms in range(s, e, DAY_MS):
+    for day_ms in range(s, e, DAY_MS):  # day by day: a batch signed across meters is checked once (bems.signing)
+        for meter in meters:
             _verify_day(store, keyring, key, building, meter, day_ms, seals.get((meter, day_name(day_ms))), full,
                         report)
             if progress is not None:

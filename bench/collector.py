@@ -45,7 +45,7 @@ from bems.fleet import load_fleet
 from bems.services import Influxd, Mosquitto, find_binary
 from bems.store.influx import InfluxV1Store, lines_body
 from bems.wire import READING_SUBSCRIPTION, Reading
-from bench.feed import make_fleet, make_readings, publish_all
+from bench.feed import make_fleet, make_readings, publish_all, signed_messages
 from collector.workers import recommended_workers
 from tests.stages import edge_signer
 
@@ -219,7 +219,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bems-bench-collector-"))
     fleet_path = make_fleet(tmp, args.meters)
     signers = {e.id: edge_signer(fleet_path, e.id) for e in load_fleet(fleet_path).edges}
-    messages = [(r.topic, r.signed(signers[r.edge]).to_json()) for r in make_readings(fleet_path, args.readings)]
+    messages = signed_messages(make_readings(fleet_path, args.readings), signers)
     size = sum(len(p) for _, p in messages) / len(messages)
 
     broker = Mosquitto(tmp / "broker")

@@ -8,7 +8,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from bems.fleet import load_fleet
-from bems.wire import Reading
+from bems.signing import Signer
+from bems.wire import Reading, sign_readings
 from tests.stages import write_fleet
 
 
@@ -38,6 +39,19 @@ def make_readings(fleet_path: Path, n: int, first_seq: int = 0) -> list[Reading]
                                    "frequency_hz": 50.01, "energy_kwh": 182733.4 + 0.04 * k,
                                    "energy_export_kwh": 0.0, "energy_total_kwh": 182733.4 + 0.04 * k}))
     return out
+
+
+def signed_messages(readings: list[Reading], signers: dict[str, Signer]) -> list[tuple[str, bytes]]:
+    """(topic, payload) in the readings' order, each edge's readings signed as its queue signs them: in sequence
+    order, ``BATCH_MAX`` under one signature."""
+    by_edge: dict[str, list[int]] = {}
+    for i, r in enumerate(readings):
+        by_edge.setdefault(r.edge, []).append(i)
+    out: list[Reading] = list(readings)
+    for edge, idx in by_edge.items():
+        for i, r in zip(idx, sign_readings([readings[i] for i in idx], signers[edge]), strict=True):
+            out[i] = r
+    return [(r.topic, r.to_json()) for r in out]
 
 
 def publish_all(port: int, messages: list[tuple[str, bytes]], client_id: str = "bench-pub") -> None:

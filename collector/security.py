@@ -6,9 +6,9 @@ dead-lettered as ``security:<kind>`` (unsigned, unknown_key, wrong_edge, wrong_b
 acknowledged, and raises a security alert for the meter it claims. A forged reading that also breaks a fleet or
 plausibility rule is refused under that rule instead: refused either way, but without a security alert.
 
-Verification costs ~40 µs of CPU a reading (libsodium) and releases the GIL, so a batch is verified in
-``verify_threads`` slices at once (the calling thread takes one): with a free core two threads take about half the
-time of one; on a machine whose cores are busy they gain nothing (bench/integrity.py prints the CPU per reading).
+An edge signs its readings in batches (one Ed25519 signature over a Merkle root, each reading with its proof), and
+the key ring remembers the roots it verified: a reading costs its proof's few hashes (~13 us of CPU), the costly
+signature check (~40 us) is made once per batch (bench/integrity.py prints the CPU per reading).
 
 Replays. A signature proves who made a reading, not that it is new: a captured message sent again still verifies.
 What a replay can do is bounded: the signature covers every stored field, so a replayed reading is byte for byte
@@ -49,7 +49,6 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +72,6 @@ KINDS = {
     "security:replay": "sequence number far below the edge's high-water (a replayed message)",
 }
 ALERT_TOPIC_COMMODITY = "security"  # bems/v1/alerts/security/{building}
-MIN_SLICE = 64  # below this many readings per thread, dispatching costs more than it saves
 ALERT_GAP = dt.timedelta(hours=1)  # refusals this close to an open alert extend it
 
 _SCHEMA = """
@@ -117,40 +115,29 @@ class HighWater:
 class Screen:
     """Verifies a batch of readings and applies the replay rule; refusals also raise security alerts."""
 
-    def __init__(self, fleet: Fleet, high_water: HighWater, window: int, threads: int,
-                 alerts: SecurityAlerts | None = None) -> None:
+    def __init__(self, fleet: Fleet, high_water: HighWater, window: int, alerts: SecurityAlerts | None = None) -> None:
         self.keyring = fleet.keyring()
         self.high_water = high_water
         self.window = window
-        self.threads = threads
         self.alerts = alerts
-        self.pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="collector-verify") if threads > 1 else None
         if not len(self.keyring):
             log.warning("the fleet file registers no public key: every reading will be refused while signatures "
                         "are required; create keys with `bems edge keygen` and list them under each edge's "
                         "public_keys")
 
-    def _verify(self, readings: Sequence[Reading], start: int, stop: int) -> list[Refusal]:
+    def _verify(self, readings: Sequence[Reading]) -> list[Refusal]:
         verify, out = self.keyring.verify, []
-        for i in range(start, stop):
-            r = readings[i]
+        for i, r in enumerate(readings):
             try:
-                verify(r.kid, r.sig, building=r.building, meter=r.meter, edge=r.edge, ts_ms=r.ts_ms, seq=r.seq,
-                       values=r.values)
+                verify(r.kid, r.sig, proof=r.proof, building=r.building, meter=r.meter, edge=r.edge,
+                       ts_ms=r.ts_ms, seq=r.seq, values=r.values)
             except SignatureRejected as exc:
                 out.append(Refusal(i, f"security:{exc.kind}", str(exc)))
         return out
 
     def screen(self, readings: Sequence[Reading]) -> list[Refusal]:
         """Refusals in batch order; every other reading verified and within the replay window."""
-        n = len(readings)
-        slices = max(1, min(self.threads, n // MIN_SLICE)) if self.pool is not None else 1
-        bounds = [n * k // slices for k in range(slices + 1)]
-        futures = [self.pool.submit(self._verify, readings, bounds[k], bounds[k + 1])  # type: ignore[union-attr]
-                   for k in range(1, slices)]
-        refused = self._verify(readings, 0, bounds[1])
-        for f in futures:
-            refused += f.result()
+        refused = self._verify(readings)
         refused += self._replays(readings, {r.index for r in refused})
         refused.sort(key=lambda r: r.index)
         if self.alerts is not None:
@@ -177,8 +164,6 @@ class Screen:
         return out
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
         if self.alerts is not None:
             self.alerts.stop()
         self.high_water.close()

@@ -102,8 +102,7 @@ class Collector:
             return None
         alerts = SecurityAlerts(settings.resolved_state_url(), fleet,
                                 lambda topic, payload: self.client.publish(topic, payload, qos=1))
-        return Screen(fleet, HighWater(data_dir / "replay.db", settings.client_id), settings.replay_window,
-                      settings.verify_threads, alerts)
+        return Screen(fleet, HighWater(data_dir / "replay.db", settings.client_id), settings.replay_window, alerts)
 
     @property
     def subscription(self) -> str:

@@ -55,7 +55,6 @@ class CollectorSettings(StageSettings):
                                         "for their edge and building; off: no check (say so explicitly)")
     replay_window: int = Field(100_000, ge=1, description="a signed reading whose seq is this far below the highest "
                                                           "seq seen from its edge is refused as a replay")
-    verify_threads: int = Field(2, ge=1, le=64, description="threads verifying signatures (Ed25519 releases the GIL)")
     state_url: str | None = Field(None, description="relational state (security alerts); default: "
                                                     "sqlite:///<data-dir>/state.db, as the API's default")
 

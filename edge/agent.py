@@ -6,9 +6,10 @@
 
 The queue worker is the only user of the queue; its SQLite work runs on one worker thread, so a slow disk never
 stalls the polling loop. Readings wait in memory for at most ``LINGER_S`` before they are stored, and nothing is
-published before it is stored. Each reading is signed once, with the edge's Ed25519 key, as it is stored: a queued
-reading keeps the signature it was stored with, so it still verifies after a restart with a new key (while the
-fleet file lists the old public key too).
+published before it is stored. The readings stored together are signed together, with the edge's Ed25519 key
+(one signature per batch of ``BATCH_MAX``, each reading with its proof: ``bems.signing``): a queued reading keeps
+the signature it was stored with, so it still verifies after a restart with a new key (while the fleet file lists
+the old public key too).
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import logging
 import sqlite3
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from bems.errors import ConfigError
 from bems.fleet import Fleet, load_fleet
 from bems.signing import Signer, key_id, load_signing_key, parse_public_key
-from bems.wire import Quality, Reading
+from bems.wire import Quality, Reading, sign_readings
 from edge.metrics import EdgeCollector, MetricsServer, Totals, summary
 from edge.modbus import Bus, make_bus
 from edge.outbox import Outbox
@@ -40,6 +41,7 @@ log = logging.getLogger("bems.edge")
 LINGER_S = 0.05  # gather readings and acknowledgements for this long: one transaction, one fsync per batch
 LINGER_BACKLOG_S = 0.002  # the same while a backlog drains through a small broker window (mosquitto's default: 20)
 DRAIN_S = 2.0  # on a clean stop, wait this long for the broker to acknowledge what is in flight
+Taken = tuple[str, datetime, dict[str, float], Quality]  # a reading as polled: meter, time, values, quality
 MAX_PENDING = 100_000  # readings held in memory while the queue cannot be written
 
 
@@ -91,7 +93,7 @@ class EdgeAgent:
         self.signer = load_signer(settings, fleet)
         self.outbox = Outbox(settings.queue_path(), int(settings.queue_max_mb * 1e6))
         self.totals = Totals(queue_depth=self.outbox.depth)
-        self.pending: list[Callable[[int], tuple[str, bytes]]] = []
+        self.pending: list[Taken] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._status_now = asyncio.Event()
@@ -111,14 +113,26 @@ class EdgeAgent:
     # -- wiring -------------------------------------------------------------------------------------------------
     def sink(self, dev: DeviceState, ts: datetime, values: dict[str, float], quality: Quality) -> None:
         """Called by the pollers: the reading gets its sequence number and its signature when it is stored."""
-        meter, building, edge, signer = dev.id, self.building, self.settings.edge_id, self.signer
-
-        def render(seq: int) -> tuple[str, bytes]:
-            r = Reading(meter=meter, building=building, edge=edge, ts=ts, seq=seq, values=values, quality=quality)
-            return r.topic, r.signed(signer).to_json()
-
-        self.pending.append(render)
+        self.pending.append((dev.id, ts, values, quality))
         self._wake.set()
+
+    def _render(self, taken: Sequence[Taken]) -> Callable[[int], list[tuple[str, bytes]]]:
+        """The queue's renderer for these readings: numbered from the queue's next sequence number, signed together.
+        A reading the wire model refuses is counted and skipped, never costing the others their place."""
+        building, edge = self.building, self.settings.edge_id
+
+        def render(first: int) -> list[tuple[str, bytes]]:
+            readings: list[Reading] = []
+            for meter, ts, values, quality in taken:
+                try:
+                    readings.append(Reading(meter=meter, building=building, edge=edge, ts=ts,
+                                            seq=first + len(readings), values=values, quality=quality))
+                except ValueError:
+                    log.exception("a reading of %s could not be rendered; skipped", meter)
+                    self.totals.invalid += 1
+            return [(r.topic, r.to_json()) for r in sign_readings(readings, self.signer)]
+
+        return render
 
     # -- tasks --------------------------------------------------------------------------------------------------
     async def _queue_worker(self) -> None:
@@ -143,8 +157,8 @@ class EdgeAgent:
         generation, cursor, room = self.publisher.position()
         # shielded: a stop must not cancel a cycle that holds readings taken out of ``pending``
         try:
-            res = await asyncio.shield(self._loop.run_in_executor(self.pool, self.outbox.cycle, pending, acked,
-                                                                  refused, cursor, room))
+            res = await asyncio.shield(self._loop.run_in_executor(
+                self.pool, self.outbox.cycle, self._render(pending) if pending else None, acked, refused, cursor, room))
         except sqlite3.Error as exc:  # disk full, file damaged: keep polling, keep the readings, try again
             self._queue_failed(exc, pending, acked, refused)
             return 0
@@ -158,7 +172,6 @@ class EdgeAgent:
         t.published += len(acked)
         t.replayed += replayed
         t.dropped += res.dropped
-        t.invalid += res.invalid
         t.queue_depth = res.depth
         t.broker_connected = self.publisher.connected
         if refused:
@@ -174,7 +187,7 @@ class EdgeAgent:
         self._backlog = self.publisher.connected and res.last_seq > self.publisher.cursor  # stored, not yet sent
         return sent
 
-    def _queue_failed(self, exc: sqlite3.Error, pending: list[Callable[[int], tuple[str, bytes]]],
+    def _queue_failed(self, exc: sqlite3.Error, pending: list[Taken],
                       acked: list[int], refused: list[tuple[int, str]]) -> None:
         level = logging.DEBUG if self._queue_error == str(exc) else logging.ERROR
         self._queue_error = str(exc)

@@ -34,13 +34,12 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 
 @dataclass
 class CycleResult:
-    """What one queue cycle did: stored, deleted, dropped over the cap, and the next rows to send."""
+    """What one queue cycle did: stored, deleted, dropped over the cap, set aside, and the next rows to send."""
 
     stored: int = 0
     deleted: int = 0
     dropped: int = 0
     refused: int = 0
-    invalid: int = 0
     rows: list[Row] = field(default_factory=list)
     depth: int = 0
     last_seq: int = 0
@@ -73,8 +72,8 @@ class Outbox:
             "PRAGMA freelist_count").fetchone()[0]
         return pages * self.page_size
 
-    def append(self, render: Sequence[Callable[[int], tuple[str, bytes]]]) -> int:
-        """Store readings, each rendered with its sequence number, in one transaction. Returns the count stored."""
+    def append(self, render: Callable[[int], Sequence[tuple[str, bytes]]]) -> int:
+        """Store readings, rendered from the first free sequence number, in one transaction. Returns the count."""
         return self.cycle(render, (), (), 0, 0).stored
 
     def fetch(self, after: int, limit: int) -> list[Row]:
@@ -83,19 +82,17 @@ class Outbox:
         return self.db.execute("SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                                (after, limit)).fetchall()
 
-    def cycle(self, render: Sequence[Callable[[int], tuple[str, bytes]]], acked: Sequence[int],
+    def cycle(self, render: Callable[[int], Sequence[tuple[str, bytes]]] | None, acked: Sequence[int],
               refused: Sequence[tuple[int, str]], after: int, room: int) -> CycleResult:
         """One pass of the queue worker, one transaction (one fsync): forget what the broker acknowledged, set aside
-        what it refused, store new readings, keep the disk cap; then fetch the next rows to send."""
+        what it refused, store new readings, keep the disk cap; then fetch the next rows to send.
+
+        ``render(first)`` gives the new readings as (topic, payload), the k-th numbered ``first + k``: the
+        readings are numbered before they are signed, and signed together."""
         res = CycleResult()
-        rows: list[Row] = []
-        for r in render:
-            seq = self.last_seq + 1 + len(rows)
-            try:
-                rows.append((seq, *r(seq)))
-            except Exception:  # a reading that cannot be rendered must not cost the others their place
-                log.exception("a reading could not be rendered; skipped")
-                res.invalid += 1
+        first = self.last_seq + 1
+        rows: list[Row] = [(first + k, topic, payload) for k, (topic, payload) in enumerate(render(first))] \
+            if render is not None else []
         if acked or refused or rows:
             # new readings must be on disk before they are sent; a lost delete only means a reading is sent twice
             sync = "FULL" if rows else "NORMAL"

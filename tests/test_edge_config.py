@@ -113,9 +113,11 @@ def test_rtu_and_site_profile_fleet_is_valid(tmp_path: Path) -> None:
 
 # -- the queue on its own ---------------------------------------------------------------------------------------
 
-def render(i: int):  # type: ignore[no-untyped-def]
-    return lambda seq: (f"bems/v1/test-hq/m{i % 3}/reading",
-                        json.dumps({"seq": seq, "i": i, "pad": "x" * 200}).encode())
+def render(items: range):  # type: ignore[no-untyped-def]
+    """The queue's renderer for readings ``items``: the k-th carries the sequence number ``first + k``."""
+    return lambda first: [(f"bems/v1/test-hq/m{i % 3}/reading",
+                           json.dumps({"seq": first + k, "i": i, "pad": "x" * 200}).encode())
+                          for k, i in enumerate(items)]
 
 
 def test_queue_sequence_never_goes_back(tmp_path: Path) -> None:
@@ -123,15 +125,15 @@ def test_queue_sequence_never_goes_back(tmp_path: Path) -> None:
     before = time.time_ns() // 1000
     q = Outbox(path, 10_000_000)
     assert q.last_seq >= before, "a new queue starts its sequence at the clock"
-    res = q.cycle([render(i) for i in range(5)], [], [], 0, 10)
+    res = q.cycle(render(range(5)), [], [], 0, 10)
     seqs = [r[0] for r in res.rows]
     assert seqs == list(range(seqs[0], seqs[0] + 5))
     assert [json.loads(r[2])["seq"] for r in res.rows] == seqs, "the payload carries the row's sequence number"
-    q.cycle([], seqs, [], 0, 0)  # all acknowledged: the queue is empty
+    q.cycle(None, seqs, [], 0, 0)  # all acknowledged: the queue is empty
     q.close()
     q = Outbox(path, 10_000_000)
     assert q.depth == 0 and q.last_seq == seqs[-1]
-    res = q.cycle([render(9)], [], [], 0, 10)
+    res = q.cycle(render(range(9, 10)), [], [], 0, 10)
     assert [r[0] for r in res.rows] == [seqs[-1] + 1]
 
 
@@ -140,7 +142,7 @@ def test_queue_over_its_cap_drops_the_oldest_and_counts_them(tmp_path: Path) -> 
     first = q.last_seq + 1
     dropped = 0
     for batch in range(20):
-        dropped += q.cycle([render(batch * 100 + i) for i in range(100)], [], [], 0, 0).dropped
+        dropped += q.cycle(render(range(batch * 100, batch * 100 + 100)), [], [], 0, 0).dropped
     assert dropped > 0
     assert q.used_bytes() <= 200_000 * 1.1
     rows = q.fetch(0, 10_000)
@@ -152,8 +154,8 @@ def test_queue_over_its_cap_drops_the_oldest_and_counts_them(tmp_path: Path) -> 
 
 def test_refused_readings_are_set_aside(tmp_path: Path) -> None:
     q = Outbox(tmp_path / "queue.db", 10_000_000)
-    rows = q.cycle([render(i) for i in range(3)], [], [], 0, 10).rows
-    res = q.cycle([], [rows[0][0]], [(rows[1][0], "broker: Not authorized")], 0, 10)
+    rows = q.cycle(render(range(3)), [], [], 0, 10).rows
+    res = q.cycle(None, [rows[0][0]], [(rows[1][0], "broker: Not authorized")], 0, 10)
     assert (res.deleted, res.refused, res.depth) == (1, 1, 1)
     assert [r[0] for r in res.rows] == [rows[2][0]]
     db = sqlite3.connect(tmp_path / "queue.db")
@@ -221,7 +223,7 @@ def test_a_key_the_fleet_does_not_register_for_the_edge_refuses_to_start(tmp_pat
     assert other.public_key in err, "the message gives the line to add to the fleet file"
 
 
-def test_every_stored_reading_is_signed_once_with_the_edges_key(tmp_path: Path) -> None:
+def test_readings_stored_together_are_signed_together_with_the_edges_key(tmp_path: Path) -> None:
     fleet_path = write_fleet(tmp_path / "fleet.yaml", [BUILDING], [meter()], [EDGE])
     fleet = load_fleet(fleet_path)
     agent = EdgeAgent(setup(["--config", str(fleet_path), "--edge-id", "edge-test"]), fleet)
@@ -240,12 +242,14 @@ def test_every_stored_reading_is_signed_once_with_the_edges_key(tmp_path: Path) 
         agent.outbox.close()
     assert len(rows) == 2
     ring = fleet.keyring()
+    batch = [decode_reading(payload, topic) for _, topic, payload in rows]
+    assert batch[0].sig == batch[1].sig and [r.proof[:4] for r in batch] == ["0/2/", "1/2/"]  # type: ignore[index]
     for seq, topic, payload in rows:
         r = decode_reading(payload, topic)
         assert (r.seq, r.kid) == (seq, edge_signer(fleet_path).kid)
-        ring.verify(r.kid, r.sig, building=r.building, meter=r.meter, edge=r.edge, ts_ms=r.ts_ms, seq=r.seq,
-                    values=r.values)
+        ring.verify(r.kid, r.sig, proof=r.proof, building=r.building, meter=r.meter, edge=r.edge, ts_ms=r.ts_ms,
+                    seq=r.seq, values=r.values)
         with pytest.raises(SignatureRejected) as exc:
-            ring.verify(r.kid, r.sig, building=r.building, meter=r.meter, edge=r.edge, ts_ms=r.ts_ms, seq=r.seq,
-                        values={**r.values, "power_w": r.values["power_w"] + 1})
+            ring.verify(r.kid, r.sig, proof=r.proof, building=r.building, meter=r.meter, edge=r.edge,
+                        ts_ms=r.ts_ms, seq=r.seq, values={**r.values, "power_w": r.values["power_w"] + 1})
         assert exc.value.kind == "bad_signature"

@@ -34,7 +34,7 @@ from bems.services import Mosquitto, free_port
 from bems.signing import generate_key, load_signing_key
 from bems.state import Alert, StateDB
 from bems.store import open_store
-from bems.wire import Reading
+from bems.wire import Reading, sign_readings
 from collector.deadletter import DeadLetters
 from collector.security import HighWater, Screen
 from collector.settings import CollectorSettings
@@ -116,12 +116,13 @@ def test_forged_replayed_misdirected_and_unsigned_readings_are_refused_and_alert
     def at(i: int) -> dt.datetime:
         return t0 + dt.timedelta(milliseconds=100 * i)
 
-    good = [reading(ELEC if i % 2 else WATER, base + i, at(i)).signed(edge_key) for i in range(400)]
-    forged = reading(ELEC, base + 10_001, at(10_001))
+    good = sign_readings([reading(ELEC if i % 2 else WATER, base + i, at(i)) for i in range(400)], edge_key)
+    # a reading passed off as part of a batch the edge really signed: that batch's signature and another's proof
+    forged = good[3].model_copy(update={"seq": base + 10_001, "ts": at(10_001),
+                                        "values": {**good[3].values, "power_w": 1.0}})
     captured = reading(ELEC, 7, at(10_002)).signed(edge_key)  # taken off the wire long ago, never delivered
     bad = {
-        "security:bad_signature": forged.model_copy(update={"kid": edge_key.kid,
-                                                            "sig": attacker.sign(forged.signed_bytes())}),
+        "security:bad_signature": forged,
         "security:unknown_key": reading(ELEC, base + 10_003, at(10_003)).signed(attacker),
         "security:replay": captured,
         "security:wrong_building": reading(OTHER, base + 10_004, at(10_004)).signed(edge_key),
@@ -241,7 +242,7 @@ def test_the_high_water_survives_a_restart_and_a_late_copy_within_the_window_pas
     rs = [reading(ELEC, s, t0 + dt.timedelta(seconds=s % 10_000)).signed(key) for s in range(1_000_000, 1_000_300)]
 
     def screen() -> Screen:
-        return Screen(fleet, HighWater(tmp_path / "replay.db", "c1"), window=1000, threads=2)
+        return Screen(fleet, HighWater(tmp_path / "replay.db", "c1"), window=1000)
 
     first = screen()
     try:
@@ -256,7 +257,7 @@ def test_the_high_water_survives_a_restart_and_a_late_copy_within_the_window_pas
         assert [(r.index, r.kind) for r in refused] == [(0, "security:replay")]
     finally:
         again.close()
-    other = Screen(fleet, HighWater(tmp_path / "replay.db", "c2"), window=1000, threads=1)  # a $share peer
+    other = Screen(fleet, HighWater(tmp_path / "replay.db", "c2"), window=1000)  # a $share peer
     try:
         assert other.screen([reading(ELEC, 5, t0).signed(key)]) == [], "each collector has its own high-water"
     finally:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bems.signing import KeyRing, Signer, key_id
 from bems.store import Store, open_store
-from bems.wire import Reading
+from bems.wire import Reading, sign_readings
 
 T0 = dt.datetime(2026, 11, 21, 0, 0, tzinfo=dt.UTC)  # a Saturday
 H = dt.timedelta(hours=1)
@@ -134,8 +134,8 @@ def test_signed_points_give_back_every_field_exactly_and_verify(store: Store) ->
     signer = Signer(Ed25519PrivateKey.generate(), "")
     signer = Signer(signer.key, key_id(signer.key.public_key()))
     ring = KeyRing([("edge-a", "b1", signer.public_key)])
-    rs = [reading("b1.m1", T0 + i * dt.timedelta(minutes=1, milliseconds=7), 40 + i, power_w=v,
-                  energy_kwh=1000.0 + i / 3).signed(signer) for i, v in enumerate(AWKWARD)]
+    rs = sign_readings([reading("b1.m1", T0 + i * dt.timedelta(minutes=1, milliseconds=7), 40 + i, power_w=v,
+                                energy_kwh=1000.0 + i / 3) for i, v in enumerate(AWKWARD)], signer)  # one batch
     rs.append(reading("b1.m1", T0 + 20 * H, 99, volume_m3=2.5))  # unsigned, other fields, also in the range
     rs.append(reading("b1.m1", T0 + 30 * H, 100, power_w=1.0).signed(signer))  # after the range
     rs.append(reading("b1.m2", T0 + H, 7, power_w=3.0).signed(signer))  # another meter
@@ -147,11 +147,12 @@ def test_signed_points_give_back_every_field_exactly_and_verify(store: Store) ->
     assert got.seq.tolist() == [r.seq for r in want]
     assert got.edge == ["edge-a"] * len(want)
     assert got.kid == [r.kid for r in want] and got.sig == [r.sig for r in want]
+    assert got.proof == [r.proof for r in want] and got.proof[0] and len(set(got.proof)) == len(want)
     assert got.kid[-1] is None and got.sig[-1] is None
     for r, values in zip(want, got.values, strict=True):
         assert {k: repr(v + 0.0) for k, v in values.items()} == {k: repr(v + 0.0) for k, v in r.values.items()}
     for i in range(len(want) - 1):  # the signatures made before the write check against what came back
-        ring.verify(got.kid[i], got.sig[i], building="b1", meter="b1.m1", edge=got.edge[i],
+        ring.verify(got.kid[i], got.sig[i], proof=got.proof[i], building="b1", meter="b1.m1", edge=got.edge[i],
                     ts_ms=int(got.ts_ms[i]), seq=int(got.seq[i]), values=got.values[i])
     assert len(store.signed_points("b1.none", T0, T0 + H)) == 0
     day = 86_400_000
@@ -160,7 +161,7 @@ def test_signed_points_give_back_every_field_exactly_and_verify(store: Store) ->
         "b1.m1": {t0: len(want), t0 + day: 1}, "b1.m2": {t0: 1}}
 
 
-def test_sqlite_store_of_an_older_version_gains_the_signature_columns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_store_of_an_older_version_gains_the_signature_and_proof_columns(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "old.db"
     db = sqlite3.connect(path)
     db.executescript(f"""
@@ -173,8 +174,9 @@ def test_sqlite_store_of_an_older_version_gains_the_signature_columns(tmp_path) 
     db.close()
     signer = Signer(Ed25519PrivateKey.generate(), "kid-of-the-tests")
     with open_store(f"sqlite:///{path}") as store:
-        store.write([reading("b1.m1", T0 + H, 2, power_w=13.5).signed(signer)])
+        store.write(sign_readings([reading("b1.m1", T0 + H * k, k, power_w=13.5) for k in (1, 2)], signer))
         got = store.signed_points("b1.m1", T0 - 24 * H, T0 + 24 * H)
-        assert got.values == [{"power_w": 12.5}, {"power_w": 13.5}]
-        assert got.kid == [None, "kid-of-the-tests"] and got.sig[0] is None and got.sig[1]
+        assert got.values == [{"power_w": 12.5}, {"power_w": 13.5}, {"power_w": 13.5}]
+        assert got.kid == [None, "kid-of-the-tests", "kid-of-the-tests"] and got.sig[0] is None and got.sig[1]
+        assert got.proof[0] is None and got.proof[1].startswith("0/2/")  # type: ignore[union-attr]
         assert store.latest(["b1.m1"])["b1.m1"].values == {"power_w": 13.5}

@@ -24,7 +24,7 @@ from bems.seal import load_seal_key
 from bems.signing import Signer, generate_key
 from bems.state import StateDB
 from bems.store import open_store
-from bems.wire import Reading
+from bems.wire import Reading, sign_readings
 from tests.stages import write_fleet
 
 B = "test-hq"
@@ -98,7 +98,7 @@ class Setup:
 
 
 def _readings(signer: Signer | None, days: int = DAYS) -> dict[tuple[str, dt.datetime], Reading]:
-    """Electricity every 5 minutes, water every 15, signed by the edge's key when a signer is given."""
+    """Electricity every 5 minutes, water every 15, signed by the edge's key in batches when a signer is given."""
     rng = np.random.default_rng(3)
     out: dict[tuple[str, dt.datetime], Reading] = {}
     seq = 0
@@ -114,7 +114,9 @@ def _readings(signer: Signer | None, days: int = DAYS) -> dict[tuple[str, dt.dat
                               values={"volume_m3": volume}))
         seq += 2
         for r in rs:
-            out[(r.meter, r.ts)] = r.signed(signer) if signer else r
+            out[(r.meter, r.ts)] = r
+    if signer:
+        out = {(r.meter, r.ts): r for r in sign_readings(list(out.values()), signer)}
     return out
 
 

@@ -103,7 +103,7 @@ class Points:
 @dataclass(frozen=True)
 class SignedPoints:
     """Stored readings of one meter in time order, with all that rebuilds their signed bytes (bems.signing):
-    every field of each point, its edge, sequence number, and the key id and signature it arrived with."""
+    every field of each point, its edge, sequence number, and the key id, batch signature and proof it came with."""
 
     ts_ms: np.ndarray  # int64
     seq: np.ndarray  # int64
@@ -111,6 +111,7 @@ class SignedPoints:
     values: list[dict[str, float]]
     kid: list[str | None]
     sig: list[str | None]
+    proof: list[str | None]
 
     def __len__(self) -> int:
         return len(self.edge)

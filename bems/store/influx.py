@@ -70,7 +70,7 @@ _DURATION = re.compile(r"(\d+)([hms])")
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _INFLUX_AGG = {"mean": "mean", "min": "min", "max": "max", "sum": "sum", "count": "count",
                "first": "first", "last": "last"}
-_NOT_VALUES = ("seq", "edge", "building", "meter", "quality", "flags", "kid", "sig")
+_NOT_VALUES = ("seq", "edge", "building", "meter", "quality", "flags", "kid", "sig", "proof")
 
 
 def _string_field(value: str) -> str:
@@ -82,6 +82,8 @@ def line_protocol(r: Reading, flags: int = 0) -> str:
     tags need no escaping and the edge string field only quoting."""
     fields = ",".join([f"{k}={v!r}" for k, v in r.values.items()])
     signed = f",kid={_string_field(r.kid)},sig={_string_field(r.sig)}" if r.kid and r.sig else ""
+    if signed and r.proof:
+        signed += f",proof={_string_field(r.proof)}"
     return (f"{MEASUREMENT},meter={r.meter},building={r.building} {fields},seq={r.seq}i,"
             f"quality={QUALITY_CODE[r.quality]}i,flags={flags}i,edge={_string_field(r.edge)}{signed} {to_ms(r.ts)}")
 
@@ -234,6 +236,7 @@ class _InfluxQLStore(Store):
         values: list[dict[str, float]] = []
         kid: list[str | None] = []
         sig: list[str | None] = []
+        proof: list[str | None] = []
         for s in series:
             cols = s["columns"]
             at = {c: i for i, c in enumerate(cols)}
@@ -244,12 +247,14 @@ class _InfluxQLStore(Store):
                 edge.append(row[at["edge"]] or "")
                 kid.append(row[at["kid"]] if "kid" in at else None)
                 sig.append(row[at["sig"]] if "sig" in at else None)
+                proof.append(row[at["proof"]] if "proof" in at else None)
                 values.append({c: float(row[i]) for c, i in own if isinstance(row[i], int | float)})
         order = np.argsort(np.array(ts, dtype=np.int64), kind="stable")
         pick = order.tolist()
         return SignedPoints(ts_ms=np.array(ts, dtype=np.int64)[order], seq=np.array(seq, dtype=np.int64)[order],
                             edge=[edge[i] for i in pick], values=[values[i] for i in pick],
-                            kid=[kid[i] for i in pick], sig=[sig[i] for i in pick])
+                            kid=[kid[i] for i in pick], sig=[sig[i] for i in pick],
+                            proof=[proof[i] for i in pick])
 
     def day_counts(self, meters: Sequence[str], start: dt.datetime, end: dt.datetime) -> dict[str, dict[int, int]]:
         if not meters:

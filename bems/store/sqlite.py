@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS meter (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNI
 -- one row per reading: the idempotency key is meter + timestamp; field columns are added as fields appear
 CREATE TABLE IF NOT EXISTS reading (
     meter_id INTEGER NOT NULL, ts INTEGER NOT NULL, edge TEXT NOT NULL, seq INTEGER NOT NULL,
-    quality INTEGER NOT NULL, flags INTEGER NOT NULL DEFAULT 0, kid TEXT, sig TEXT,
+    quality INTEGER NOT NULL, flags INTEGER NOT NULL DEFAULT 0, kid TEXT, sig TEXT, proof TEXT,
     PRIMARY KEY (meter_id, ts)) WITHOUT ROWID;
 -- the wrap value of each cumulative register (NULL: never wraps), for consumption across rollovers
 CREATE TABLE IF NOT EXISTS counter (
@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS rollup (
     PRIMARY KEY (meter_id, field, period)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
 """
-_BASE_COLUMNS = ("meter_id", "ts", "edge", "seq", "quality", "flags", "kid", "sig")
+_BASE_COLUMNS = ("meter_id", "ts", "edge", "seq", "quality", "flags", "kid", "sig", "proof")
 _FIELD = re.compile(FIELD)
 _SQL_AGG = {"mean": "avg({c})", "min": "min({c})", "max": "max({c})", "sum": "sum({c})", "count": "count({c})",
             "first": "{c}, min(ts)", "last": "{c}, max(ts)"}
@@ -130,7 +130,7 @@ class SQLiteStore(Store):
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(reading)")}
         if "flags" not in columns:
             self._db.execute("ALTER TABLE reading ADD COLUMN flags INTEGER NOT NULL DEFAULT 0")
-        for name in ("kid", "sig"):  # the edge's key id and signature, kept for bems verify
+        for name in ("kid", "sig", "proof"):  # the edge's key id, batch signature and proof, for bems verify
             if name not in columns:
                 self._db.execute(f"ALTER TABLE reading ADD COLUMN {name} TEXT")
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -166,7 +166,7 @@ class SQLiteStore(Store):
                 self._db.execute("BEGIN IMMEDIATE")
                 mids = self._meter_ids
                 for r, f in zip(readings, flags, strict=True):
-                    row = (mids[r.meter], to_ms(r.ts), r.edge, r.seq, QUALITY_CODE[r.quality], f, r.kid, r.sig,
+                    row = (mids[r.meter], to_ms(r.ts), r.edge, r.seq, QUALITY_CODE[r.quality], f, r.kid, r.sig, r.proof,
                            *r.values.values())
                     groups.setdefault(tuple(r.values), []).append(row)
                 before = self._db.total_changes
@@ -279,13 +279,13 @@ class SQLiteStore(Store):
             fields = sorted(self._columns)
             cols = "".join(f", {_col(f)}" for f in fields)
             rows = [] if mid is None else self._db.execute(
-                f"SELECT ts, seq, edge, kid, sig{cols} FROM reading WHERE meter_id = ? AND ts >= ? AND ts < ? "
+                f"SELECT ts, seq, edge, kid, sig, proof{cols} FROM reading WHERE meter_id = ? AND ts >= ? AND ts < ? "
                 "ORDER BY ts", (mid, to_ms(start), to_ms(end))).fetchall()
         return SignedPoints(ts_ms=np.array([r[0] for r in rows], dtype=np.int64),
                             seq=np.array([r[1] for r in rows], dtype=np.int64), edge=[r[2] for r in rows],
-                            values=[{f: v for f, v in zip(fields, r[5:], strict=True) if v is not None}
+                            values=[{f: v for f, v in zip(fields, r[6:], strict=True) if v is not None}
                                     for r in rows],
-                            kid=[r[3] for r in rows], sig=[r[4] for r in rows])
+                            kid=[r[3] for r in rows], sig=[r[4] for r in rows], proof=[r[5] for r in rows])
 
     def day_counts(self, meters: Sequence[str], start: dt.datetime, end: dt.datetime) -> dict[str, dict[int, int]]:
         with self._lock:
