@@ -180,7 +180,11 @@ class _Pending:
 
 
 class SecurityAlerts:
-    """Security alerts in the relational state, written by a thread of their own; new ones also on MQTT."""
+    """Security alerts in the relational state, written by a thread of their own; new ones also on MQTT.
+
+    Not analytics' ``record``: that one merges re-detections of the same window (the largest excess wins), while
+    each refusal here is a new event, so the alert's count grows by every refusal; and stages share no code but
+    ``bems``."""
 
     def __init__(self, state_url: str, fleet: Fleet, publish: Callable[[str, bytes], object] | None = None,
                  flush_s: float = 1.0) -> None:
