@@ -68,6 +68,8 @@ def test_a_signed_reading_verifies_after_json_and_each_wrong_one_says_why(tmp_pa
         with pytest.raises(SignatureRejected) as exc:
             verify(ring, r)
         assert exc.value.kind == name.split("_seq")[0].split("_time")[0].split("_forged")[0], name
+    # a reading signed alone before edges signed in batches (the signature over its canonical bytes) still verifies
+    verify(ring, back.model_copy(update={"sig": e1.sign(back.signed_bytes()), "proof": None}))
     # the quality word is not signed: the collector may lower it
     verify(ring, back.model_copy(update={"quality": "uncertain"}))
 
