@@ -162,6 +162,8 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     open_cum = np.concatenate([[0], np.cumsum(working)]).astype(np.int64)
     grid = week_grid(masks.local_weekday, masks.minute, step_minutes)
     cell = (grid.week * grid.slots + grid.slot).astype(np.int64)  # a cell seen twice keeps its last column
+    # a regular axis fills one stretch of the grid: the kernel then copies instead of scattering (-1: it is not)
+    cell_first = int(cell[0]) if cell.size and np.array_equal(cell, cell[0] + np.arange(cell.size)) else -1
     per_day = 1440 // step_minutes
     col_kind = (open_day.astype(np.int64) * per_day + np.asarray(masks.minute, dtype=np.int64) // step_minutes)
     closed_cols = np.flatnonzero(~working)
@@ -172,7 +174,7 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     for g, cols in enumerate(members):
         gidx[:cols.size, g] = cols
     pairs = np.array(sorting_network(depth), dtype=np.int64).reshape(-1, 2)
-    return (working, open_day, open_cum, cell, grid.slots, grid.weeks, col_kind, gidx,
+    return (working, open_day, open_cum, cell, cell_first, grid.slots, grid.weeks, col_kind, gidx,
             np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]), group_kind.astype(np.int64),
             2 * per_day)
 

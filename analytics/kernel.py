@@ -198,40 +198,44 @@ def _fmax(a: np.float32, b: np.float32) -> np.float32:
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _mid(a: np.float32, b: np.float32, c: np.float32, d: np.float32, n: int) -> np.float32:
-    """Median of the n finite values among sorted a <= b <= c <= d (the rest are +inf), NaN if n == 0."""
-    half = np.float32(0.5)
-    if n == 4:
-        return (b + c) * half
-    if n == 3:
-        return (b + b) * half
-    if n == 2:
-        return (a + b) * half
-    if n == 1:
-        return (a + a) * half
-    return np.float32(np.nan)
+    """Median of the n finite values among sorted a <= b <= c <= d (the rest are +inf), NaN if n == 0.
+
+    Selects, not branches: the slot loop around it then runs as vector steps.
+    """
+    lower = b if n >= 3 else a  # sorted[(n - 1) // 2]
+    upper = c if n == 4 else (b if n >= 2 else a)  # sorted[n // 2]
+    med = (lower + upper) * np.float32(0.5)
+    return med if n > 0 else np.float32(np.nan)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _median_mad4(cube: np.ndarray, first: int, k: int, slots: int, med_out: np.ndarray, mad_out: np.ndarray) -> None:
-    """Median and MAD, per slot, of the k <= 4 weeks of ``cube`` from offset ``first`` (+inf: no value)."""
+    """Median and MAD, per slot, of the k <= 4 weeks of ``cube`` from offset ``first`` (+inf: no value).
+
+    A missing week is +inf, so it sorts last and its deviation from a finite median is +inf again; with no
+    value at all the median is NaN and so is the MAD.
+    """
     inf = np.float32(np.inf)
+    wa = cube[first:first + slots]
+    wb = cube[first + slots:first + 2 * slots] if k > 1 else cube[first:first]
+    wc = cube[first + 2 * slots:first + 3 * slots] if k > 2 else cube[first:first]
+    wd = cube[first + 3 * slots:first + 4 * slots] if k > 3 else cube[first:first]
     for s in range(slots):
-        a = cube[first + s]
-        b = cube[first + slots + s] if k > 1 else inf
-        c = cube[first + 2 * slots + s] if k > 2 else inf
-        d = cube[first + 3 * slots + s] if k > 3 else inf
-        n = (a < inf) + (b < inf) + (c < inf) + (d < inf)
+        a = wa[s]
+        b = wb[s] if k > 1 else inf
+        c = wc[s] if k > 2 else inf
+        d = wd[s] if k > 3 else inf
+        n = np.int32(a < inf) + np.int32(b < inf) + np.int32(c < inf) + np.int32(d < inf)
         a, b = min(a, b), max(a, b)
         c, d = min(c, d), max(c, d)
         a, c = min(a, c), max(a, c)
         b, d = min(b, d), max(b, d)
         b, c = min(b, c), max(b, c)
         med = _mid(a, b, c, d, n)
-        # deviations of the finite values, the missing ones +inf again
-        da = abs(a - med) if n > 0 else inf
-        db = abs(b - med) if n > 1 else inf
-        dc = abs(c - med) if n > 2 else inf
-        dd = abs(d - med) if n > 3 else inf
+        da = abs(a - med)
+        db = abs(b - med)
+        dc = abs(c - med)
+        dd = abs(d - med)
         da, db = min(da, db), max(da, db)
         dc, dd = min(dc, dd), max(dc, dd)
         da, dc = min(da, dc), max(da, dc)
@@ -256,8 +260,17 @@ def _sort_columns(block: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, width
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
-    """out = the True runs of ``mask`` whose length is within [lo, hi] (hi < 0: no upper limit)."""
+    """out = the True runs of ``mask`` whose length is within [lo, hi] (hi < 0: no upper limit).
+
+    Flags are rare: one vector pass finds none, and then there are no runs to walk.
+    """
     t = mask.size
+    hits = 0
+    for i in range(t):
+        hits += mask[i]
+    if hits == 0 or (lo <= 1 and hi < 0):  # nothing, or every run is kept
+        out[:t] = mask[:t]
+        return
     i = 0
     while i < t:
         if not mask[i]:
@@ -275,7 +288,7 @@ def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: np.ndarray,
-                open_cum: np.ndarray, cell: np.ndarray, slots: int, weeks: int,
+                open_cum: np.ndarray, cell: np.ndarray, cell_first: int, slots: int, weeks: int,
                 col_kind: np.ndarray, gidx: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, group_kind: np.ndarray,
                 n_kinds: int, fp: np.ndarray, ip: np.ndarray, has_target: bool, has_peak: bool, has_rated: bool,
                 cumulative: bool, kw_factor: np.float32, kind_out: np.ndarray, score_out: np.ndarray,
@@ -344,22 +357,33 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
         # where no value, so it sorts last)
         cube = cube_buf[:n_cells]
         cube[:] = np.inf
-        seen = False
+        first = t  # the meter's first reading: missing before it is not a gap
         for i in range(t):
+            if not np.isnan(row[i]):
+                first = i
+                break
+        for i in range(t):  # no branch on the data: vector steps
             v = row[i]
-            b = v < 0 or v > limit
+            b = (v < 0) | (v > limit)
             bad[i] = b
             cv = nan if b else v
             clean[i] = cv
-            miss = np.isnan(v)
-            seen = seen or not miss
-            mask[i] = miss and seen  # missing after the meter's first reading
-            if cumulative:  # zero, or an instantaneous value repeated exactly
-                zero[i] = abs(cv) < f32(1e-9)
-            else:
-                zero[i] = i > 0 and cv == clean[i - 1]
-            if not np.isnan(cv):
-                cube[cell[i]] = cv
+            mask[i] = np.isnan(v) & (i >= first)
+        if cumulative:  # zero, or an instantaneous value repeated exactly
+            for i in range(t):
+                zero[i] = abs(clean[i]) < f32(1e-9)
+        else:
+            zero[0] = False
+            for i in range(1, t):
+                zero[i] = clean[i] == clean[i - 1]
+        if cell_first >= 0:  # a regular axis: the row is one stretch of the grid
+            for i in range(t):
+                cv = clean[i]
+                cube[cell_first + i] = inf if np.isnan(cv) else cv
+        else:
+            for i in range(t):
+                if not np.isnan(clean[i]):
+                    cube[cell[i]] = clean[i]
         _keep_runs(mask, ip[r, I_GAP_BUCKETS], -1, gap)
 
         # hour-of-week baseline: median and MAD of the same slot over the previous weeks, spread pooled per week
@@ -387,13 +411,17 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                 med = cell_med[w * slots + s]
                 cell_spread[w * slots + s] = _fmax(_fmax(week_mad[s], pooled),
                                                    _fmax(f32(0.05) * abs(med), f32(1e-3)))
+        if cell_first >= 0:
+            exp_b[:] = cell_med[cell_first:cell_first + t]
+            sig_b[:] = cell_spread[cell_first:cell_first + t]
+        else:
+            for i in range(t):
+                exp_b[i] = cell_med[cell[i]]
+                sig_b[i] = cell_spread[cell[i]]
         for i in range(t):
-            c = cell[i]
-            e = cell_med[c]
-            sg = f32(1.4826) * cell_spread[c]
-            exp_b[i] = e
+            sg = f32(1.4826) * sig_b[i]
             sig_b[i] = sg
-            z = (clean[i] - e) / sg
+            z = (clean[i] - exp_b[i]) / sg
             zc[i] = z
             up[i] = _nan_to_num(z)
 
@@ -445,9 +473,12 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
 
         # spike: far above the baseline and above its own neighbours, for a short run
         half = spike_z / f32(2)
-        for i in range(t):
-            hit = up[i] > spike_z
-            if hit:
+        hits = 0
+        for i in range(t):  # a vector pass for the candidates, then the few get their neighbours' median
+            mask[i] = up[i] > spike_z
+            hits += mask[i]
+        for i in range(t if hits else 0):
+            if mask[i]:
                 n = 0
                 for j in range(i - 2, i + 3):
                     v = clean[min(max(j, 0), t - 1)]
@@ -455,8 +486,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                         small[n] = v
                         n += 1
                 contrast = (clean[i] - _median(small, n, keys, hist)) / sig_b[i]
-                hit = _nan_to_num(contrast) > half
-            mask[i] = hit
+                mask[i] = _nan_to_num(contrast) > half
         _keep_runs(mask, 1, ip[r, I_SPIKE_MAX], spike)
 
         # step and drift: trailing window mean and EWMA of the clipped z
@@ -511,12 +541,32 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                     for j in range(s, e):
                         drift_f[j] = True
 
-        # waste after hours / on closed days, peak demand, then one type per bucket by priority
+        # waste after hours / on closed days, peak demand, then one type per bucket by priority. Few buckets
+        # are flagged: a vector pass writes the unflagged outcome and marks the candidates of any type, then
+        # only those walk the priority chain.
         waste_z = fp[r, F_WASTE_Z]
         waste_rel = fp[r, F_WASTE_REL] * wl
         target = fp[r, F_TARGET_REL] * wl
         contracted = fp[r, F_CONTRACTED]
+        kind_row = kind_out[r]
+        score_row = score_out[r]
+        hits = 0
         for i in range(t):
+            cv = clean[i]
+            waste = (cv - exp_c[i] > _fmax(waste_z * sig_c[i], waste_rel)) | (has_target & (cv > target))
+            cand = (bad[i] | gap[i] | flat[i] | spike[i] | step_f[i] | drift_f[i] | (waste & ~working[i])
+                    | (has_peak & (cv * kw_factor > contracted)))
+            mask[i] = cand
+            hits += cand
+            kind_row[i] = -1
+            score_row[i] = min(abs(up[i]) / spike_z, f32(0.999))
+        if with_expected:
+            for i in range(t):
+                expected_out[r, i] = exp_c[i] if not working[i] else (wl if np.isnan(exp_b[i]) else exp_b[i])
+                excess_out[r, i] = f32(0.0)
+        for i in range(t if hits else 0):
+            if not mask[i]:
+                continue
             v = row[i]
             cv = clean[i]
             k = -1
@@ -554,12 +604,8 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                 elif has_peak and cv * kw_factor > contracted:
                     k = PEAK
                     sc = cv * kw_factor / contracted
-            kind_out[r, i] = k
             if k >= 0:
-                score_out[r, i] = sc if sc >= f32(1.0) or np.isnan(sc) else f32(1.0)
-            else:
-                score_out[r, i] = min(abs(up[i]) / spike_z, f32(0.999))
-            if with_expected:
-                ex = exp_c[i] if not working[i] else (wl if np.isnan(exp_b[i]) else exp_b[i])
-                expected_out[r, i] = ex
-                excess_out[r, i] = max(_nan_to_num(cv - ex), f32(0.0)) if k >= 0 else f32(0.0)
+                kind_row[i] = k
+                score_row[i] = sc if sc >= f32(1.0) or np.isnan(sc) else f32(1.0)
+                if with_expected:
+                    excess_out[r, i] = max(_nan_to_num(cv - expected_out[r, i]), f32(0.0))
