@@ -78,7 +78,8 @@ def _kth(buf: np.ndarray, n: int, k: int, work: np.ndarray, hist: np.ndarray) ->
         scale = np.float32(_BUCKETS - 1) / (hi - lo)  # float32 is enough: any monotone map will do
         if not (np.isfinite(scale) and scale > 0):  # an infinite or vanishing span: no equal buckets to make
             return np.sort(src[:m])[k]
-        hist[:_BUCKETS] = 0
+        for b in range(_BUCKETS):  # loops, not slice assignments: numba's are ~30x slower on short rows
+            hist[b] = 0
         for i in range(m):
             hist[min(int((src[i] - lo) * scale), _BUCKETS - 1)] += 1
         acc = 0
@@ -265,11 +266,12 @@ def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
     Flags are rare: one vector pass finds none, and then there are no runs to walk.
     """
     t = mask.size
-    hits = 0
+    hits = False
     for i in range(t):
-        hits += mask[i]
-    if hits == 0 or (lo <= 1 and hi < 0):  # nothing, or every run is kept
-        out[:t] = mask[:t]
+        hits |= mask[i]
+    if not hits or (lo <= 1 and hi < 0):  # nothing, or every run is kept
+        for i in range(t):
+            out[i] = mask[i]
         return
     i = 0
     while i < t:
@@ -356,7 +358,8 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
         # one pass: the clean row, the gap and flatline candidates, the row on the [weeks x slots] grid (+inf
         # where no value, so it sorts last)
         cube = cube_buf[:n_cells]
-        cube[:] = np.inf
+        for i in range(n_cells):
+            cube[i] = inf
         first = t  # the meter's first reading: missing before it is not a gap
         for i in range(t):
             if not np.isnan(row[i]):
@@ -412,8 +415,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                 cell_spread[w * slots + s] = _fmax(_fmax(week_mad[s], pooled),
                                                    _fmax(f32(0.05) * abs(med), f32(1e-3)))
         if cell_first >= 0:
-            exp_b[:] = cell_med[cell_first:cell_first + t]
-            sig_b[:] = cell_spread[cell_first:cell_first + t]
+            for i in range(t):
+                exp_b[i] = cell_med[cell_first + i]
+                sig_b[i] = cell_spread[cell_first + i]
         else:
             for i in range(t):
                 exp_b[i] = cell_med[cell[i]]
@@ -500,24 +504,32 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
         step_z = fp[r, F_STEP_Z]
         drift_z = fp[r, F_DRIFT_Z]
         other_cum[0] = 0
-        for i in range(t):  # one loop: the rest of the work hides the EWMA's chain of dependent steps
+        acc = 0.0
+        valid = 0
+        others = 0
+        # the running sums live in registers: through memory, each step would wait on the store of the last
+        for i in range(t):
             z = zc[i]
             if not np.isnan(z):
                 z = min(max(z, -clip), clip)
-                cs[i + 1] = cs[i] + np.float64(z)
-                cn[i + 1] = cn[i] + 1
+                acc += np.float64(z)
+                valid += 1
                 level = level * keep_w
                 level = level + alpha * z
-            else:
-                cs[i + 1] = cs[i]
-                cn[i + 1] = cn[i]
+            cs[i + 1] = acc
+            cn[i + 1] = valid
             level_a[i] = level
-            a = i + 1 - window if i >= window else 0
-            count = cn[i + 1] - cn[a]
-            sh = f32((cs[i + 1] - cs[a]) / count) if count > 0 else f32(0.0)
-            short0[i] = sh
-            sustained[i] = abs(sh) > step_z or abs(level) > drift_z
-            other_cum[i + 1] = other_cum[i] + (gap[i] or flat[i] or spike[i] or bad[i])
+            others += gap[i] | flat[i] | spike[i] | bad[i]
+            other_cum[i + 1] = others
+        # the trailing window's mean: no chain, vector steps (the first ``window`` buckets see a shorter window)
+        for i in range(window):
+            count = cn[i + 1]
+            short0[i] = f32(cs[i + 1] / count) if count > 0 else f32(0.0)
+        for i in range(window, t):
+            count = cn[i + 1] - cn[i + 1 - window]
+            short0[i] = f32((cs[i + 1] - cs[i + 1 - window]) / count) if count > 0 else f32(0.0)
+        for i in range(t):
+            sustained[i] = (abs(short0[i]) > step_z) | (abs(level_a[i]) > drift_z)
             step_f[i] = False
             drift_f[i] = False
         i = 0
