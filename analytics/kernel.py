@@ -26,7 +26,9 @@ NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, 
 
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 _BUCKETS = 128  # of each round of a bucket select
-_LANES = 16  # meters per batch of the kernel's batch phase: a vector of float32
+_LANES = 16  # meters per batch: a vector of float32 across the batch
+# the sorting networks the kernel is given (one array of comparators, net_at[i] the first of each)
+NET_GROUPS, NET_WORKING, NET_SLOTS, NET_KINDS = range(4)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -117,17 +119,6 @@ def _median(buf: np.ndarray, n: int, work: np.ndarray, hist: np.ndarray) -> np.f
         above = min(above, v if v > lower else np.float32(np.inf))
     upper = lower if at_most > n // 2 else above
     return (lower + upper) * np.float32(0.5)
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def _nanmedian(values: np.ndarray, buf: np.ndarray, keys: np.ndarray, hist: np.ndarray) -> np.float32:
-    """Median of the non-NaN entries of ``values`` (NaN if none), as fastops.nanmedian_rows computes it."""
-    n = 0
-    for v in values:
-        if not np.isnan(v):
-            buf[n] = v
-            n += 1
-    return _median(buf, n, keys, hist)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -242,16 +233,28 @@ def _median_mad4(cube: np.ndarray, first: int, k: int, slots: int, med_out: np.n
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _sort_columns(block: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, width: int) -> None:
-    """Sort each column of ``block`` ascending with the comparators (cmp_a[i] < cmp_b[i]) of a sorting network."""
-    for c in range(cmp_a.size):
-        top = block[cmp_a[c]]
-        bottom = block[cmp_b[c]]
+def _sort_columns(block: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, first: int, end: int, width: int) -> None:
+    """Sort the first ``width`` columns of ``block`` ascending with the comparators first..end-1 of a sorting
+    network (net_a[c] < net_b[c]): each one a vector min/max along two rows."""
+    for c in range(first, end):
+        top = block[net_a[c]]
+        bottom = block[net_b[c]]
         for g in range(width):
             a = top[g]
             b = bottom[g]
             top[g] = a if a < b else b
             bottom[g] = b if a < b else a
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _median_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, first: int,
+                    end: int, width: int, out: np.ndarray) -> None:
+    """out[c] = median of the first count[c] values of column c of ``block`` (the rest +inf: they sort last) as
+    (lower middle + upper middle) / 2, NaN if none; the block is left sorted."""
+    _sort_columns(block, net_a, net_b, first, end, width)
+    for c in range(width):
+        n = count[c]
+        out[c] = (block[(n - 1) // 2, c] + block[n // 2, c]) * np.float32(0.5) if n > 0 else np.float32(np.nan)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -335,19 +338,19 @@ def _running_sums4(zc: np.ndarray, cs: np.ndarray, cn: np.ndarray, level_out: np
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: np.ndarray,
+def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols: np.ndarray, open_day: np.ndarray,
                 open_cum: np.ndarray, cell: np.ndarray, cell_first: int, slots: int, weeks: int,
-                col_kind: np.ndarray, gidx: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, group_kind: np.ndarray,
-                n_kinds: int, fp: np.ndarray, ip: np.ndarray, has_target: bool, has_peak: bool, has_rated: bool,
-                cumulative: bool, kw_factor: np.float32, kind_out: np.ndarray, score_out: np.ndarray,
-                expected_out: np.ndarray, excess_out: np.ndarray, with_expected: bool) -> None:
+                col_kind: np.ndarray, gidx: np.ndarray, group_kind: np.ndarray, n_kinds: int, net_a: np.ndarray,
+                net_b: np.ndarray, net_at: np.ndarray, fp: np.ndarray, ip: np.ndarray, has_target: bool,
+                has_peak: bool, has_rated: bool, cumulative: bool, kw_factor: np.float32, kind_out: np.ndarray,
+                score_out: np.ndarray, expected_out: np.ndarray, excess_out: np.ndarray, with_expected: bool) -> None:
     """Every detector for meters lo..hi-1 of ``x`` [M, T]; writes kind/score (and expected/excess) rows.
 
-    Meters go in batches of ``_LANES``, in three phases: each meter's row up to its z-scores; then the batch
-    at once for the two parts that are chains or networks, the closed-hours sorts (one network over every
-    meter's groups: wide vector steps instead of short ones) and the EWMA and running sums of z (one vector
-    step per bucket across the meters, where one meter alone waits on each step's latency); then each meter
-    to its types.
+    Meters go in batches of ``_LANES``. Each meter's row is walked on its own, in phases; between them the
+    batch is handled at once where one meter alone would be slow: the medians of many values (the working
+    level, the pooled spreads, the closed-hours groups) by one sorting network down the columns of a
+    [values x meters] block, each step a vector min/max across the meters; and the running sums and EWMA of
+    z, chains of dependent steps, four meters side by side.
     """
     t = x.shape[1]
     n_cells = weeks * slots
@@ -357,7 +360,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
     lanes = _LANES
     n_groups = group_kind.size
     depth = gidx.shape[0]
-    # kept from the first phase to the last, one row per meter of the batch
+    n_work = work_cols.size
+    n_past = max(weeks - 1, 1)  # weeks with a baseline (all but the first)
+    # kept from phase to phase, one row per meter of the batch
     clean_l = np.empty((lanes, t), np.float32)
     exp_b_l = np.empty((lanes, t), np.float32)
     sig_b_l = np.empty((lanes, t), np.float32)
@@ -365,12 +370,25 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
     zero_l = np.empty((lanes, t), np.bool_)
     gap_l = np.empty((lanes, t), np.bool_)
     bad_l = np.empty((lanes, t), np.bool_)
+    cell_med_l = np.empty((lanes, n_cells), np.float32)
+    week_mad_l = np.empty((lanes, n_past, slots), np.float32)
+    k_med_l = np.empty((lanes, n_kinds), np.float32)
+    k_mad_l = np.empty((lanes, n_kinds), np.float32)
     wl_l = np.empty(lanes, np.float32)
     limit_l = np.empty(lanes, np.float32)
-    # the batch phase: closed-hours samples [sample, meter x group]; z, its running sum and count, its EWMA
+    # the batch's medians: [values, meter (x week or group)] blocks, the count of values of each column
+    wblock = np.empty((n_work, lanes), np.float32)
+    wcount = np.empty(lanes, np.int64)
+    pblock = np.empty((slots, lanes * n_past), np.float32)
+    pcount = np.empty(lanes * n_past, np.int64)
+    pooled_l = np.empty(lanes * n_past, np.float32)
+    kblock = np.empty((n_kinds, lanes), np.float32)
+    kcount = np.empty(lanes, np.int64)
+    k_pooled_l = np.empty(lanes, np.float32)
     block = np.empty((depth, lanes * n_groups), np.float32)
     cnt = np.empty(lanes * n_groups, np.int64)
     gmed = np.empty(lanes * n_groups, np.float32)
+    # z, its running sum and count, its EWMA
     zc_l = np.empty((lanes, t), np.float32)
     cs_l = np.empty((lanes, t + 1), np.float64)
     cn_l = np.empty((lanes, t + 1), np.int64)
@@ -385,48 +403,48 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
     sustained = np.empty(t, np.bool_)
     step_f = np.zeros(t, np.bool_)
     drift_f = np.zeros(t, np.bool_)
-    cell_med = np.empty(n_cells, np.float32)
     cell_spread = np.empty(n_cells, np.float32)
-    week_mad = np.empty(slots, np.float32)
-    k_med = np.empty(n_kinds, np.float32)
     k_sig = np.empty(n_kinds, np.float32)
-    k_mad = np.empty(n_kinds, np.float32)
-    buf = np.empty(max(t, slots, n_kinds, 8) + 8, np.float32)
-    cube_buf = np.empty(n_cells, np.float32)
-    keys = np.empty(buf.size, np.float32)  # scratch of the selects
-    srt = np.empty(buf.size, np.float32)
+    cube = np.empty(n_cells, np.float32)
+    keys = np.empty(max(t, 8) + 8, np.float32)  # scratch of the selects
+    srt = np.empty(keys.size, np.float32)
     hist = np.empty(256, np.int32)
     small = np.empty(max(16, ip[lo:hi, I_MAX_WEEKS].max() + 1), np.float32)
 
     for r0 in range(lo, hi, lanes):
         nb = min(lanes, hi - r0)
+        # the meter's typical working-hours use: a median, so one wild reading cannot move it
+        for lane in range(nb):
+            row = x[r0 + lane]
+            n = 0
+            for j in range(n_work):
+                v = row[work_cols[j]]
+                keep = v >= 0  # NaN fails too
+                wblock[j, lane] = v if keep else inf
+                n += keep
+            wcount[lane] = n
+        _median_columns(wblock, wcount, net_a, net_b, net_at[NET_WORKING], net_at[NET_WORKING + 1], nb, wl_l)
+
         for lane in range(nb):
             r = r0 + lane
             row = x[r]
             clean = clean_l[lane]
-            exp_b = exp_b_l[lane]
-            sig_b = sig_b_l[lane]
-            up = up_l[lane]
             zero = zero_l[lane]
             gap = gap_l[lane]
             bad = bad_l[lane]
-            # the meter's typical working-hours use: a median, so one wild reading cannot move it
-            n = 0
-            for i in range(t):
-                if working[i] and row[i] >= 0:
-                    buf[n] = row[i]
-                    n += 1
-            wl = _median(buf, n, keys, hist)
+            cell_med = cell_med_l[lane]
+            wl = wl_l[lane]
             if np.isnan(wl):
                 wl = f32(0.0)
+                wl_l[lane] = wl
             limit = fp[r, F_IMPLAUSIBLE] * max(wl, f32(1e-6))
             if has_rated:
                 rated = f32(1.5) * fp[r, F_RATED]
                 if not np.isnan(rated) and rated < limit:
                     limit = rated
+            limit_l[lane] = limit
             # one pass: the clean row, the gap and flatline candidates, the row on the [weeks x slots] grid (+inf
             # where no value, so it sorts last)
-            cube = cube_buf[:n_cells]
             for i in range(n_cells):
                 cube[i] = inf
             first = t  # the meter's first reading: missing before it is not a gap
@@ -458,16 +476,14 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                         cube[cell[i]] = clean[i]
             _keep_runs(mask, ip[r, I_GAP_BUCKETS], -1, gap)
 
-            wl_l[lane] = wl
-            limit_l[lane] = limit
-
-            # hour-of-week baseline: median and MAD of the same slot over the previous weeks, spread pooled per week
+            # hour-of-week baseline: median and MAD of the same slot over the previous weeks; each week's MADs
+            # go to the batch's block, to be pooled (their median) all at once
             max_weeks = ip[r, I_MAX_WEEKS]
             for s in range(slots):
                 cell_med[s] = nan
-                cell_spread[s] = nan
             for w in range(1, weeks):
                 k = min(w, max_weeks)
+                week_mad = week_mad_l[lane, w - 1]
                 if k <= 4:  # the usual case: a branch-free sorting network over four weeks (missing ones +inf)
                     _median_mad4(cube, (w - k) * slots, k, slots, cell_med[w * slots:(w + 1) * slots], week_mad)
                 else:
@@ -481,7 +497,28 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                         med, mad = _median_mad(small, n, srt, keys, hist)
                         cell_med[w * slots + s] = med
                         week_mad[s] = mad
-                pooled = _nanmedian(week_mad, buf, keys, hist)
+                col = lane * n_past + w - 1
+                n = 0
+                for s in range(slots):
+                    mad = week_mad[s]
+                    pblock[s, col] = inf if np.isnan(mad) else mad
+                    n += not np.isnan(mad)
+                pcount[col] = n
+        n_weeks_out = nb * n_past if weeks > 1 else 0
+        _median_columns(pblock, pcount, net_a, net_b, net_at[NET_SLOTS], net_at[NET_SLOTS + 1], n_weeks_out, pooled_l)
+
+        for lane in range(nb):
+            clean = clean_l[lane]
+            exp_b = exp_b_l[lane]
+            sig_b = sig_b_l[lane]
+            up = up_l[lane]
+            cell_med = cell_med_l[lane]
+            # the spread: the slot's MAD, at least the week's pooled MAD and a share of the level
+            for s in range(slots):
+                cell_spread[s] = nan
+            for w in range(1, weeks):
+                week_mad = week_mad_l[lane, w - 1]
+                pooled = pooled_l[lane * n_past + w - 1]
                 meds = cell_med[w * slots:(w + 1) * slots]
                 spreads = cell_spread[w * slots:(w + 1) * slots]
                 for s in range(slots):
@@ -500,8 +537,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
                 z = (clean[i] - exp_b[i]) / sg
                 zc_l[lane, i] = z
                 up[i] = _nan_to_num(z)
-
-
             # closed-hours samples of this meter: its columns of the batch's [samples x groups] block (+inf
             # where no value)
             for j in range(depth):
@@ -518,19 +553,38 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
         for j in range(depth):
             for g in range(width):
                 cnt[g] += block[j, g] < inf
-        _sort_columns(block, cmp_a, cmp_b, width)
+        _sort_columns(block, net_a, net_b, net_at[NET_GROUPS], net_at[NET_GROUPS + 1], width)
         for g in range(width):
             n = cnt[g]
             gmed[g] = (block[(n - 1) // 2, g] + block[n // 2, g]) * f32(0.5) if n > 0 else nan
         for j in range(depth):
             for g in range(width):
                 block[j, g] = abs(block[j, g] - gmed[g]) if j < cnt[g] else inf
-        _sort_columns(block, cmp_a, cmp_b, width)
+        _sort_columns(block, net_a, net_b, net_at[NET_GROUPS], net_at[NET_GROUPS + 1], width)
 
         # step and drift: the running sum and count of the clipped z (the trailing window's mean comes from
         # them) and its EWMA. Each step waits on the last: four meters side by side keep the core busy.
         for q in range(0, nb, 4):
             _running_sums4(zc_l, cs_l, cn_l, level_l, fp, r0, q, min(4, nb - q))
+
+        # each meter's closed-hours level and MAD per kind from its columns of the block; the MADs pooled
+        for lane in range(nb):
+            k_med = k_med_l[lane]
+            k_mad = k_mad_l[lane]
+            for k in range(n_kinds):
+                k_med[k] = nan
+                k_mad[k] = nan
+            for g in range(n_groups):
+                c = lane * n_groups + g
+                n = cnt[c]
+                k_med[group_kind[g]] = gmed[c]
+                k_mad[group_kind[g]] = (block[(n - 1) // 2, c] + block[n // 2, c]) * f32(0.5) if n > 0 else nan
+            n = 0
+            for k in range(n_kinds):
+                kblock[k, lane] = inf if np.isnan(k_mad[k]) else k_mad[k]
+                n += not np.isnan(k_mad[k])
+            kcount[lane] = n
+        _median_columns(kblock, kcount, net_a, net_b, net_at[NET_KINDS], net_at[NET_KINDS + 1], nb, k_pooled_l)
 
         for lane in range(nb):
             r = r0 + lane
@@ -544,17 +598,10 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: 
             bad = bad_l[lane]
             wl = wl_l[lane]
             limit = limit_l[lane]
+            k_med = k_med_l[lane]
+            k_mad = k_mad_l[lane]
+            pooled = k_pooled_l[lane]
             spike_z = fp[r, F_SPIKE_Z]
-            # this meter's closed-hours level and sigma, from its columns of the block; spread pooled over kinds
-            for k in range(n_kinds):
-                k_med[k] = nan
-                k_mad[k] = nan
-            for g in range(n_groups):
-                c = lane * n_groups + g
-                n = cnt[c]
-                k_med[group_kind[g]] = gmed[c]
-                k_mad[group_kind[g]] = (block[(n - 1) // 2, c] + block[n // 2, c]) * f32(0.5) if n > 0 else nan
-            pooled = _nanmedian(k_mad, buf, keys, hist)
             for k in range(n_kinds):
                 k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], pooled), f32(0.02) * abs(k_med[k]))
             for i in range(t):
