@@ -258,8 +258,9 @@ def _median_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
-    """out = the True runs of ``mask`` whose length is within [lo, hi] (hi < 0: no upper limit).
+def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> bool:
+    """out = the True runs of ``mask`` whose length is within [lo, hi] (hi < 0: no upper limit); False if
+    ``mask`` has none, so the caller can skip its own pass over ``out``.
 
     Flags are rare: one vector pass finds none, and then there are no runs to walk.
     """
@@ -270,7 +271,7 @@ def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
     if not hits or (lo <= 1 and hi < 0):  # nothing, or every run is kept
         for i in range(t):
             out[i] = mask[i]
-        return
+        return hits
     i = 0
     while i < t:
         if not mask[i]:
@@ -284,6 +285,7 @@ def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
         for k in range(i, j):
             out[k] = ok
         i = j
+    return True
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
@@ -609,9 +611,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 sig_c[i] = k_sig[col_kind[i]]
 
             # flatline: zero (or a repeated instantaneous value) for a while where consumption was expected
-            _keep_runs(zero, ip[r, I_FLAT_BUCKETS], -1, flat)
+            any_flat = _keep_runs(zero, ip[r, I_FLAT_BUCKETS], -1, flat)
             flat_min = fp[r, F_FLAT_MIN_REL] * wl
-            for i in range(t):
+            for i in range(t if any_flat else 0):
                 if flat[i]:
                     e = exp_b[i] if working[i] else exp_c[i]
                     if np.isnan(e):
@@ -654,11 +656,14 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 count = cn_hi[i] - cn_lo[i]
                 sh = (cs_hi[i] - cs_lo[i]) / np.float64(count)
                 tail[i] = f32(sh) if count > 0 else f32(0.0)
+            any_sustained = False
             for i in range(t):
-                sustained[i] = (abs(short0[i]) > step_z) | (abs(level_a[i]) > drift_z)
+                sus = (abs(short0[i]) > step_z) | (abs(level_a[i]) > drift_z)
+                sustained[i] = sus
+                any_sustained |= sus
                 step_f[i] = False
                 drift_f[i] = False
-            i = 0
+            i = 0 if any_sustained else t  # no run to walk
             min_len = ip[r, I_MIN_SUSTAINED]
             while i < t:
                 if not sustained[i]:
