@@ -1,9 +1,14 @@
 """The detector pass compiled per meter (numba): every detector in one sweep over a meter's row.
 
 The numpy formulation (``analytics.reference``) makes ~150 passes over the whole matrix and its temporaries; here
-each meter's row stays in the CPU cache while every detector reads it: ~27 ns of CPU per bucket here, some 10x
-less than the numpy formulation (bench/analytics.py). The medians are the costly part: a sorting network across
-weeks or across groups where the samples are few, rank counting or a bucket select where they are many.
+each meter's row stays in the CPU cache while every detector reads it, about 11 ns of CPU per bucket
+(bench/analytics.py). Where the data rarely branches the loops carry no branch (flags are rare: a vector pass
+finds the candidates, then only those take the detailed path), so numba's loops vectorize. Two kinds of work
+do not vectorize along one row: medians of many values, and the EWMA and running sums of z, chains of dependent
+steps. So meters go in batches: the medians of the whole batch are sorted by one sorting network down the
+columns of a [values x meters] block (each step a vector min/max across the meters), and the chains of four
+meters run side by side. Medians of a few values (the weeks of an hour-of-week cell) are a branch-free sorting
+network along the row.
 The arithmetic is the reference's, step for step in float32 (float64 where it accumulates), so both give the same
 flags; ``tests/test_detect_kernel.py`` holds them to it.
 """
@@ -26,7 +31,7 @@ NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, 
 
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 _BUCKETS = 128  # of each round of a bucket select
-_LANES = 16  # meters per batch: a vector of float32 across the batch
+_LANES = 32  # meters per batch: two vectors of float32 across a network's rows (measured: 32 beats 16)
 # the sorting networks the kernel is given (one array of comparators, net_at[i] the first of each)
 NET_GROUPS, NET_WORKING, NET_SLOTS, NET_KINDS = range(4)
 
