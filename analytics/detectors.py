@@ -180,7 +180,10 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     nets = [sorting_network(n) for n in (depth, work_cols.size, grid.slots, 2 * per_day)]
     pairs = np.array([p for net in nets for p in net], dtype=np.int64).reshape(-1, 2)
     net_at = np.cumsum([0] + [len(net) for net in nets]).astype(np.int64)
-    return (working, work_cols, open_day, open_cum, cell, cell_first, grid.slots, grid.weeks, col_kind, gidx,
+    # columns whose kind goes up by one from one to the next form a run (a day's slots): the kernel copies runs
+    starts = np.flatnonzero(np.diff(col_kind, prepend=-2) != 1)
+    kind_runs = np.stack([starts, np.diff(starts, append=col_kind.size), col_kind[starts]], axis=1).astype(np.int64)
+    return (working, work_cols, open_day, open_cum, cell, cell_first, grid.slots, grid.weeks, kind_runs, gidx,
             group_kind.astype(np.int64), 2 * per_day, np.ascontiguousarray(pairs[:, 0]),
             np.ascontiguousarray(pairs[:, 1]), net_at)
 

@@ -347,7 +347,7 @@ def _running_sums4(zc: np.ndarray, cs: np.ndarray, cn: np.ndarray, level_out: np
 @njit(nogil=True, cache=True, error_model="numpy")
 def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols: np.ndarray, open_day: np.ndarray,
                 open_cum: np.ndarray, cell: np.ndarray, cell_first: int, slots: int, weeks: int,
-                col_kind: np.ndarray, gidx: np.ndarray, group_kind: np.ndarray, n_kinds: int, net_a: np.ndarray,
+                kind_runs: np.ndarray, gidx: np.ndarray, group_kind: np.ndarray, n_kinds: int, net_a: np.ndarray,
                 net_b: np.ndarray, net_at: np.ndarray, fp: np.ndarray, ip: np.ndarray, has_target: bool,
                 has_peak: bool, has_rated: bool, cumulative: bool, kw_factor: np.float32, kind_out: np.ndarray,
                 score_out: np.ndarray, expected_out: np.ndarray, excess_out: np.ndarray, with_expected: bool) -> None:
@@ -611,9 +611,14 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             spike_z = fp[r, F_SPIKE_Z]
             for k in range(n_kinds):
                 k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], pooled), f32(0.02) * abs(k_med[k]))
-            for i in range(t):
-                exp_c[i] = k_med[col_kind[i]]
-                sig_c[i] = k_sig[col_kind[i]]
+            # each column's closed-hours kind: runs of consecutive columns of consecutive kinds, copied
+            for q in range(kind_runs.shape[0]):
+                start, length, kind0 = kind_runs[q, 0], kind_runs[q, 1], kind_runs[q, 2]
+                e_run, s_run = exp_c[start:start + length], sig_c[start:start + length]
+                med_run, sig_run = k_med[kind0:kind0 + length], k_sig[kind0:kind0 + length]
+                for j in range(length):
+                    e_run[j] = med_run[j]
+                    s_run[j] = sig_run[j]
 
             # flatline: zero (or a repeated instantaneous value) for a while where consumption was expected
             any_flat = _keep_runs(zero, ip[r, I_FLAT_BUCKETS], -1, flat)
