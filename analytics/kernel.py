@@ -706,21 +706,23 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             contracted = fp[r, F_CONTRACTED]
             kind_row = kind_out[r]
             score_row = score_out[r]
-            hits = 0
+            first_hit = t  # the candidates' span: the walk below covers only it
+            last_hit = -1
             for i in range(t):
                 cv = clean[i]
                 waste = (cv - exp_c[i] > _fmax(waste_z * sig_c[i], waste_rel)) | (has_target & (cv > target))
                 cand = (bad[i] | gap[i] | flat[i] | spike[i] | step_f[i] | drift_f[i] | (waste & ~working[i])
                         | (has_peak & (cv * kw_factor > contracted)))
                 mask[i] = cand
-                hits += cand
+                first_hit = min(first_hit, i if cand else t)
+                last_hit = max(last_hit, i if cand else -1)
                 kind_row[i] = -1
                 score_row[i] = min(abs(up[i]) / spike_z, f32(0.999))
             if with_expected:
                 for i in range(t):
                     expected_out[r, i] = exp_c[i] if not working[i] else (wl if np.isnan(exp_b[i]) else exp_b[i])
                     excess_out[r, i] = f32(0.0)
-            for i in range(t if hits else 0):
+            for i in range(first_hit, last_hit + 1):
                 if not mask[i]:
                     continue
                 v = row[i]
