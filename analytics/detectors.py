@@ -14,6 +14,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -162,6 +163,8 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     open_cum = np.concatenate([[0], np.cumsum(working)]).astype(np.int64)
     grid = week_grid(masks.local_weekday, masks.minute, step_minutes)
     cell = (grid.week * grid.slots + grid.slot).astype(np.int64)  # a cell seen twice keeps its last column
+    # a regular axis fills one stretch of the grid: the kernel then copies instead of scattering (-1: it is not)
+    cell_first = int(cell[0]) if cell.size and np.array_equal(cell, cell[0] + np.arange(cell.size)) else -1
     per_day = 1440 // step_minutes
     col_kind = (open_day.astype(np.int64) * per_day + np.asarray(masks.minute, dtype=np.int64) // step_minutes)
     closed_cols = np.flatnonzero(~working)
@@ -171,14 +174,26 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     gidx = np.full((depth, group_kind.size), -1, dtype=np.int64)  # [sample, group] -> column, -1: none
     for g, cols in enumerate(members):
         gidx[:cols.size, g] = cols
-    pairs = np.array(sorting_network(depth), dtype=np.int64).reshape(-1, 2)
-    return (working, open_day, open_cum, cell, grid.slots, grid.weeks, col_kind, gidx,
-            np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]), group_kind.astype(np.int64),
-            2 * per_day)
+    work_cols = np.flatnonzero(working).astype(np.int64)
+    # the kernel's sorting networks, one after the other (kernel.NET_*): down the closed-hours groups, the
+    # working-hours values, the slots of a week, the closed-hours kinds
+    nets = [sorting_network(n) for n in (depth, work_cols.size, grid.slots, 2 * per_day)]
+    pairs = np.array([p for net in nets for p in net], dtype=np.int64).reshape(-1, 2)
+    net_at = np.cumsum([0] + [len(net) for net in nets]).astype(np.int64)
+    # columns whose kind goes up by one from one to the next form a run (a day's slots): the kernel copies runs
+    starts = np.flatnonzero(np.diff(col_kind, prepend=-2) != 1)
+    kind_runs = np.stack([starts, np.diff(starts, append=col_kind.size), col_kind[starts]], axis=1).astype(np.int64)
+    return (working, work_cols, open_day, open_cum, cell, cell_first, grid.slots, grid.weeks, kind_runs, gidx,
+            group_kind.astype(np.int64), 2 * per_day, np.ascontiguousarray(pairs[:, 0]),
+            np.ascontiguousarray(pairs[:, 1]), net_at)
 
 
-def sorting_network(n: int) -> list[tuple[int, int]]:
-    """Comparators (i < j) of Batcher's odd-even merge sort for n inputs (padded to a power of two, pruned)."""
+@lru_cache(maxsize=64)
+def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+    """Comparators (i < j) of Batcher's odd-even merge sort for n inputs (padded to a power of two, pruned).
+
+    Kept once made: a network of a few thousand comparators takes milliseconds of Python to build.
+    """
     size = 1
     while size < n:
         size *= 2
@@ -194,7 +209,7 @@ def sorting_network(n: int) -> list[tuple[int, int]]:
             k //= 2
         p *= 2
     # the padding sits at the end and is +inf: a comparator reaching into it never swaps
-    return [(a, b) for a, b in pairs if b < n]
+    return tuple((a, b) for a, b in pairs if b < n)
 
 
 def _param_tables(p: DetectorParams, m: int, rated: np.ndarray | None,

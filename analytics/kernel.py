@@ -1,9 +1,14 @@
 """The detector pass compiled per meter (numba): every detector in one sweep over a meter's row.
 
 The numpy formulation (``analytics.reference``) makes ~150 passes over the whole matrix and its temporaries; here
-each meter's row stays in the CPU cache while every detector reads it: ~27 ns of CPU per bucket here, some 10x
-less than the numpy formulation (bench/analytics.py). The medians are the costly part: a sorting network across
-weeks or across groups where the samples are few, rank counting or a bucket select where they are many.
+each meter's row stays in the CPU cache while every detector reads it, about 11 ns of CPU per bucket
+(bench/analytics.py). Where the data rarely branches the loops carry no branch (flags are rare: a vector pass
+finds the candidates, then only those take the detailed path), so numba's loops vectorize. Two kinds of work
+do not vectorize along one row: medians of many values, and the EWMA and running sums of z, chains of dependent
+steps. So meters go in batches: the medians of the whole batch are sorted by one sorting network down the
+columns of a [values x meters] block (each step a vector min/max across the meters), and the chains of four
+meters run side by side. Medians of a few values (the weeks of an hour-of-week cell) are a branch-free sorting
+network along the row.
 The arithmetic is the reference's, step for step in float32 (float64 where it accumulates), so both give the same
 flags; ``tests/test_detect_kernel.py`` holds them to it.
 """
@@ -26,6 +31,9 @@ NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, 
 
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 _BUCKETS = 128  # of each round of a bucket select
+_LANES = 32  # meters per batch: two vectors of float32 across a network's rows (measured: 32 beats 16)
+# the sorting networks the kernel is given (one array of comparators, net_at[i] the first of each)
+NET_GROUPS, NET_WORKING, NET_SLOTS, NET_KINDS = range(4)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -78,7 +86,8 @@ def _kth(buf: np.ndarray, n: int, k: int, work: np.ndarray, hist: np.ndarray) ->
         scale = np.float32(_BUCKETS - 1) / (hi - lo)  # float32 is enough: any monotone map will do
         if not (np.isfinite(scale) and scale > 0):  # an infinite or vanishing span: no equal buckets to make
             return np.sort(src[:m])[k]
-        hist[:_BUCKETS] = 0
+        for b in range(_BUCKETS):  # loops, not slice assignments: numba's are ~30x slower on short rows
+            hist[b] = 0
         for i in range(m):
             hist[min(int((src[i] - lo) * scale), _BUCKETS - 1)] += 1
         acc = 0
@@ -115,17 +124,6 @@ def _median(buf: np.ndarray, n: int, work: np.ndarray, hist: np.ndarray) -> np.f
         above = min(above, v if v > lower else np.float32(np.inf))
     upper = lower if at_most > n // 2 else above
     return (lower + upper) * np.float32(0.5)
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def _nanmedian(values: np.ndarray, buf: np.ndarray, keys: np.ndarray, hist: np.ndarray) -> np.float32:
-    """Median of the non-NaN entries of ``values`` (NaN if none), as fastops.nanmedian_rows computes it."""
-    n = 0
-    for v in values:
-        if not np.isnan(v):
-            buf[n] = v
-            n += 1
-    return _median(buf, n, keys, hist)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -178,60 +176,58 @@ def _median_mad(buf: np.ndarray, n: int, srt: np.ndarray, keys: np.ndarray,
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _nan_to_num(v: np.float32) -> np.float32:
-    if np.isnan(v):
-        return np.float32(0.0)
-    if v > _F32_MAX:
-        return _F32_MAX
-    if v < -_F32_MAX:
-        return -_F32_MAX
-    return v
+    """np.nan_to_num of one float32: NaN -> 0, +-inf -> +-max; selects, so the loops around it vectorize."""
+    w = np.float32(0.0) if np.isnan(v) else v
+    w = _F32_MAX if w > _F32_MAX else w
+    return -_F32_MAX if w < -_F32_MAX else w
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _fmax(a: np.float32, b: np.float32) -> np.float32:
-    if np.isnan(a):
-        return b
-    if np.isnan(b):
-        return a
-    return a if a >= b else b
+    """np.fmax of two float32 (NaN only if both are): a compare that NaN fails, then one select."""
+    return a if (a >= b) | np.isnan(b) else b
 
 
 @njit(nogil=True, cache=True, error_model="numpy", inline="always")
 def _mid(a: np.float32, b: np.float32, c: np.float32, d: np.float32, n: int) -> np.float32:
-    """Median of the n finite values among sorted a <= b <= c <= d (the rest are +inf), NaN if n == 0."""
-    half = np.float32(0.5)
-    if n == 4:
-        return (b + c) * half
-    if n == 3:
-        return (b + b) * half
-    if n == 2:
-        return (a + b) * half
-    if n == 1:
-        return (a + a) * half
-    return np.float32(np.nan)
+    """Median of the n finite values among sorted a <= b <= c <= d (the rest are +inf), NaN if n == 0.
+
+    Selects, not branches: the slot loop around it then runs as vector steps.
+    """
+    lower = b if n >= 3 else a  # sorted[(n - 1) // 2]
+    upper = c if n == 4 else (b if n >= 2 else a)  # sorted[n // 2]
+    med = (lower + upper) * np.float32(0.5)
+    return med if n > 0 else np.float32(np.nan)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _median_mad4(cube: np.ndarray, first: int, k: int, slots: int, med_out: np.ndarray, mad_out: np.ndarray) -> None:
-    """Median and MAD, per slot, of the k <= 4 weeks of ``cube`` from offset ``first`` (+inf: no value)."""
+    """Median and MAD, per slot, of the k <= 4 weeks of ``cube`` from offset ``first`` (+inf: no value).
+
+    A missing week is +inf, so it sorts last and its deviation from a finite median is +inf again; with no
+    value at all the median is NaN and so is the MAD.
+    """
     inf = np.float32(np.inf)
+    wa = cube[first:first + slots]
+    wb = cube[first + slots:first + 2 * slots] if k > 1 else cube[first:first]
+    wc = cube[first + 2 * slots:first + 3 * slots] if k > 2 else cube[first:first]
+    wd = cube[first + 3 * slots:first + 4 * slots] if k > 3 else cube[first:first]
     for s in range(slots):
-        a = cube[first + s]
-        b = cube[first + slots + s] if k > 1 else inf
-        c = cube[first + 2 * slots + s] if k > 2 else inf
-        d = cube[first + 3 * slots + s] if k > 3 else inf
-        n = (a < inf) + (b < inf) + (c < inf) + (d < inf)
+        a = wa[s]
+        b = wb[s] if k > 1 else inf
+        c = wc[s] if k > 2 else inf
+        d = wd[s] if k > 3 else inf
+        n = np.int32(a < inf) + np.int32(b < inf) + np.int32(c < inf) + np.int32(d < inf)
         a, b = min(a, b), max(a, b)
         c, d = min(c, d), max(c, d)
         a, c = min(a, c), max(a, c)
         b, d = min(b, d), max(b, d)
         b, c = min(b, c), max(b, c)
         med = _mid(a, b, c, d, n)
-        # deviations of the finite values, the missing ones +inf again
-        da = abs(a - med) if n > 0 else inf
-        db = abs(b - med) if n > 1 else inf
-        dc = abs(c - med) if n > 2 else inf
-        dd = abs(d - med) if n > 3 else inf
+        da = abs(a - med)
+        db = abs(b - med)
+        dc = abs(c - med)
+        dd = abs(d - med)
         da, db = min(da, db), max(da, db)
         dc, dd = min(dc, dd), max(dc, dd)
         da, dc = min(da, dc), max(da, dc)
@@ -242,11 +238,12 @@ def _median_mad4(cube: np.ndarray, first: int, k: int, slots: int, med_out: np.n
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _sort_columns(block: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, width: int) -> None:
-    """Sort each column of ``block`` ascending with the comparators (cmp_a[i] < cmp_b[i]) of a sorting network."""
-    for c in range(cmp_a.size):
-        top = block[cmp_a[c]]
-        bottom = block[cmp_b[c]]
+def _sort_columns(block: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, first: int, end: int, width: int) -> None:
+    """Sort the first ``width`` columns of ``block`` ascending with the comparators first..end-1 of a sorting
+    network (net_a[c] < net_b[c]): each one a vector min/max along two rows."""
+    for c in range(first, end):
+        top = block[net_a[c]]
+        bottom = block[net_b[c]]
         for g in range(width):
             a = top[g]
             b = bottom[g]
@@ -255,9 +252,31 @@ def _sort_columns(block: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, width
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
-    """out = the True runs of ``mask`` whose length is within [lo, hi] (hi < 0: no upper limit)."""
+def _median_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, first: int,
+                    end: int, width: int, out: np.ndarray) -> None:
+    """out[c] = median of the first count[c] values of column c of ``block`` (the rest +inf: they sort last) as
+    (lower middle + upper middle) / 2, NaN if none; the block is left sorted."""
+    _sort_columns(block, net_a, net_b, first, end, width)
+    for c in range(width):
+        n = count[c]
+        out[c] = (block[(n - 1) // 2, c] + block[n // 2, c]) * np.float32(0.5) if n > 0 else np.float32(np.nan)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> bool:
+    """out = the True runs of ``mask`` whose length is within [lo, hi] (hi < 0: no upper limit); False if
+    ``mask`` has none, so the caller can skip its own pass over ``out``.
+
+    Flags are rare: one vector pass finds none, and then there are no runs to walk.
+    """
     t = mask.size
+    hits = False
+    for i in range(t):
+        hits |= mask[i]
+    if not hits or (lo <= 1 and hi < 0):  # nothing, or every run is kept
+        for i in range(t):
+            out[i] = mask[i]
+        return hits
     i = 0
     while i < t:
         if not mask[i]:
@@ -271,295 +290,480 @@ def _keep_runs(mask: np.ndarray, lo: int, hi: int, out: np.ndarray) -> None:
         for k in range(i, j):
             out[k] = ok
         i = j
+    return True
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _ewma_step(z: np.float32, acc: np.float64, valid: int, level: np.float32, clip: np.float32, alpha: np.float32,
+               keep: np.float32) -> tuple[np.float64, int, np.float32]:
+    """One bucket of the running sum, count and EWMA of the clipped z (NaN: no news, nothing moves)."""
+    if np.isnan(z):
+        return acc, valid, level
+    z = min(max(z, -clip), clip)
+    level = level * keep
+    return acc + np.float64(z), valid + 1, level + alpha * z
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, open_day: np.ndarray,
-                open_cum: np.ndarray, cell: np.ndarray, slots: int, weeks: int,
-                col_kind: np.ndarray, gidx: np.ndarray, cmp_a: np.ndarray, cmp_b: np.ndarray, group_kind: np.ndarray,
-                n_kinds: int, fp: np.ndarray, ip: np.ndarray, has_target: bool, has_peak: bool, has_rated: bool,
-                cumulative: bool, kw_factor: np.float32, kind_out: np.ndarray, score_out: np.ndarray,
-                expected_out: np.ndarray, excess_out: np.ndarray, with_expected: bool) -> None:
-    """Every detector for meters lo..hi-1 of ``x`` [M, T]; writes kind/score (and expected/excess) rows."""
+def _running_sums4(zc: np.ndarray, cs: np.ndarray, cn: np.ndarray, level_out: np.ndarray, fp: np.ndarray, r0: int,
+                   q: int, k: int) -> None:
+    """Running sums and EWMAs of rows q..q+k-1 (k <= 4) of ``zc``, meters r0+q.. of ``fp``: four chains in one
+    loop, so each one's wait on its last step overlaps the others' (a lane past k repeats the last row)."""
+    t = zc.shape[1]
+    rows = (q, q + min(1, k - 1), q + min(2, k - 1), q + min(3, k - 1))
+    clip = (fp[r0 + rows[0], F_CLIP], fp[r0 + rows[1], F_CLIP], fp[r0 + rows[2], F_CLIP], fp[r0 + rows[3], F_CLIP])
+    alpha = (fp[r0 + rows[0], F_DRIFT_ALPHA], fp[r0 + rows[1], F_DRIFT_ALPHA], fp[r0 + rows[2], F_DRIFT_ALPHA],
+             fp[r0 + rows[3], F_DRIFT_ALPHA])
+    # float32(1 - alpha), rounded once as the reference does
+    keep = (fp[r0 + rows[0], F_DRIFT_KEEP], fp[r0 + rows[1], F_DRIFT_KEEP], fp[r0 + rows[2], F_DRIFT_KEEP],
+            fp[r0 + rows[3], F_DRIFT_KEEP])
+    z0, z1, z2, z3 = zc[rows[0]], zc[rows[1]], zc[rows[2]], zc[rows[3]]
+    a0 = a1 = a2 = a3 = 0.0
+    n0 = n1 = n2 = n3 = 0
+    f = np.float32(0.0)
+    l0 = l1 = l2 = l3 = f
+    for j in range(4):
+        cs[rows[j], 0] = 0.0
+        cn[rows[j], 0] = 0
+    for i in range(t):
+        a0, n0, l0 = _ewma_step(z0[i], a0, n0, l0, clip[0], alpha[0], keep[0])
+        a1, n1, l1 = _ewma_step(z1[i], a1, n1, l1, clip[1], alpha[1], keep[1])
+        a2, n2, l2 = _ewma_step(z2[i], a2, n2, l2, clip[2], alpha[2], keep[2])
+        a3, n3, l3 = _ewma_step(z3[i], a3, n3, l3, clip[3], alpha[3], keep[3])
+        cs[rows[3], i + 1] = a3
+        cn[rows[3], i + 1] = n3
+        level_out[rows[3], i] = l3
+        cs[rows[2], i + 1] = a2
+        cn[rows[2], i + 1] = n2
+        level_out[rows[2], i] = l2
+        cs[rows[1], i + 1] = a1
+        cn[rows[1], i + 1] = n1
+        level_out[rows[1], i] = l1
+        cs[rows[0], i + 1] = a0
+        cn[rows[0], i + 1] = n0
+        level_out[rows[0], i] = l0
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols: np.ndarray, open_day: np.ndarray,
+                open_cum: np.ndarray, cell: np.ndarray, cell_first: int, slots: int, weeks: int,
+                kind_runs: np.ndarray, gidx: np.ndarray, group_kind: np.ndarray, n_kinds: int, net_a: np.ndarray,
+                net_b: np.ndarray, net_at: np.ndarray, fp: np.ndarray, ip: np.ndarray, has_target: bool,
+                has_peak: bool, has_rated: bool, cumulative: bool, kw_factor: np.float32, kind_out: np.ndarray,
+                score_out: np.ndarray, expected_out: np.ndarray, excess_out: np.ndarray, with_expected: bool) -> None:
+    """Every detector for meters lo..hi-1 of ``x`` [M, T]; writes kind/score (and expected/excess) rows.
+
+    Meters go in batches of ``_LANES``. Each meter's row is walked on its own, in phases; between them the
+    batch is handled at once where one meter alone would be slow: the medians of many values (the working
+    level, the pooled spreads, the closed-hours groups) by one sorting network down the columns of a
+    [values x meters] block, each step a vector min/max across the meters; and the running sums and EWMA of
+    z, chains of dependent steps, four meters side by side.
+    """
     t = x.shape[1]
     n_cells = weeks * slots
     f32 = np.float32
     nan = f32(np.nan)
-    clean = np.empty(t, np.float32)
-    exp_b = np.empty(t, np.float32)
-    sig_b = np.empty(t, np.float32)
+    inf = f32(np.inf)
+    lanes = _LANES
+    n_groups = group_kind.size
+    depth = gidx.shape[0]
+    n_work = work_cols.size
+    n_past = max(weeks - 1, 1)  # weeks with a baseline (all but the first)
+    # kept from phase to phase, one row per meter of the batch
+    clean_l = np.empty((lanes, t), np.float32)
+    exp_b_l = np.empty((lanes, t), np.float32)
+    sig_b_l = np.empty((lanes, t), np.float32)
+    up_l = np.empty((lanes, t), np.float32)
+    zero_l = np.empty((lanes, t), np.bool_)
+    gap_l = np.empty((lanes, t), np.bool_)
+    bad_l = np.empty((lanes, t), np.bool_)
+    cell_med_l = np.empty((lanes, n_cells), np.float32)
+    week_mad_l = np.empty((lanes, n_past, slots), np.float32)
+    k_med_l = np.empty((lanes, n_kinds), np.float32)
+    k_mad_l = np.empty((lanes, n_kinds), np.float32)
+    wl_l = np.empty(lanes, np.float32)
+    limit_l = np.empty(lanes, np.float32)
+    # the batch's medians: [values, meter (x week or group)] blocks, the count of values of each column
+    wblock = np.empty((n_work, lanes), np.float32)
+    wcount = np.empty(lanes, np.int64)
+    pblock = np.empty((slots, lanes * n_past), np.float32)
+    pcount = np.empty(lanes * n_past, np.int64)
+    pooled_l = np.empty(lanes * n_past, np.float32)
+    kblock = np.empty((n_kinds, lanes), np.float32)
+    kcount = np.empty(lanes, np.int64)
+    k_pooled_l = np.empty(lanes, np.float32)
+    block = np.empty((depth, lanes * n_groups), np.float32)
+    cnt = np.empty(lanes * n_groups, np.int64)
+    gmed = np.empty(lanes * n_groups, np.float32)
+    # z, its running sum and count, its EWMA
+    zc_l = np.empty((lanes, t), np.float32)
+    cs_l = np.empty((lanes, t + 1), np.float64)
+    cn_l = np.empty((lanes, t + 1), np.int64)
+    level_l = np.empty((lanes, t), np.float32)
+    # one meter's scratch
     exp_c = np.empty(t, np.float32)
     sig_c = np.empty(t, np.float32)
-    up = np.empty(t, np.float32)
-    zc = np.empty(t, np.float32)
     short0 = np.empty(t, np.float32)
-    level_a = np.empty(t, np.float32)
     mask = np.empty(t, np.bool_)
-    zero = np.empty(t, np.bool_)
-    gap = np.empty(t, np.bool_)
     flat = np.empty(t, np.bool_)
     spike = np.empty(t, np.bool_)
-    bad = np.empty(t, np.bool_)
     sustained = np.empty(t, np.bool_)
     step_f = np.zeros(t, np.bool_)
     drift_f = np.zeros(t, np.bool_)
-    other_cum = np.empty(t + 1, np.int64)
-    cs = np.empty(t + 1, np.float64)
-    cn = np.empty(t + 1, np.int64)
-    cell_med = np.empty(n_cells, np.float32)
     cell_spread = np.empty(n_cells, np.float32)
-    week_mad = np.empty(slots, np.float32)
-    k_med = np.empty(n_kinds, np.float32)
     k_sig = np.empty(n_kinds, np.float32)
-    k_mad = np.empty(n_kinds, np.float32)
-    buf = np.empty(max(t, slots, n_kinds, 8) + 8, np.float32)
-    cube_buf = np.empty(n_cells, np.float32)
-    keys = np.empty(buf.size, np.float32)  # scratch of the selects
-    srt = np.empty(buf.size, np.float32)
+    cube = np.empty(n_cells, np.float32)
+    keys = np.empty(max(t, 8) + 8, np.float32)  # scratch of the selects
+    srt = np.empty(keys.size, np.float32)
     hist = np.empty(256, np.int32)
-    block = np.empty((gidx.shape[0], group_kind.size), np.float32)
-    cnt = np.empty(group_kind.size, np.int64)
-    gmed = np.empty(group_kind.size, np.float32)
-    inf = f32(np.inf)
     small = np.empty(max(16, ip[lo:hi, I_MAX_WEEKS].max() + 1), np.float32)
 
-    for r in range(lo, hi):
-        row = x[r]
-        spike_z = fp[r, F_SPIKE_Z]
+    for r0 in range(lo, hi, lanes):
+        nb = min(lanes, hi - r0)
         # the meter's typical working-hours use: a median, so one wild reading cannot move it
-        n = 0
-        for i in range(t):
-            if working[i] and row[i] >= 0:
-                buf[n] = row[i]
-                n += 1
-        wl = _median(buf, n, keys, hist)
-        if np.isnan(wl):
-            wl = f32(0.0)
-        limit = fp[r, F_IMPLAUSIBLE] * max(wl, f32(1e-6))
-        if has_rated:
-            rated = f32(1.5) * fp[r, F_RATED]
-            if not np.isnan(rated) and rated < limit:
-                limit = rated
-        # one pass: the clean row, the gap and flatline candidates, the row on the [weeks x slots] grid (+inf
-        # where no value, so it sorts last)
-        cube = cube_buf[:n_cells]
-        cube[:] = np.inf
-        seen = False
-        for i in range(t):
-            v = row[i]
-            b = v < 0 or v > limit
-            bad[i] = b
-            cv = nan if b else v
-            clean[i] = cv
-            miss = np.isnan(v)
-            seen = seen or not miss
-            mask[i] = miss and seen  # missing after the meter's first reading
+        for lane in range(nb):
+            row = x[r0 + lane]
+            n = 0
+            for j in range(n_work):
+                v = row[work_cols[j]]
+                keep = v >= 0  # NaN fails too
+                wblock[j, lane] = v if keep else inf
+                n += keep
+            wcount[lane] = n
+        _median_columns(wblock, wcount, net_a, net_b, net_at[NET_WORKING], net_at[NET_WORKING + 1], nb, wl_l)
+
+        for lane in range(nb):
+            r = r0 + lane
+            row = x[r]
+            clean = clean_l[lane]
+            zero = zero_l[lane]
+            gap = gap_l[lane]
+            bad = bad_l[lane]
+            cell_med = cell_med_l[lane]
+            wl = wl_l[lane]
+            if np.isnan(wl):
+                wl = f32(0.0)
+                wl_l[lane] = wl
+            limit = fp[r, F_IMPLAUSIBLE] * max(wl, f32(1e-6))
+            if has_rated:
+                rated = f32(1.5) * fp[r, F_RATED]
+                if not np.isnan(rated) and rated < limit:
+                    limit = rated
+            limit_l[lane] = limit
+            # one pass: the clean row, the gap and flatline candidates, the row on the [weeks x slots] grid (+inf
+            # where no value, so it sorts last)
+            for i in range(n_cells):
+                cube[i] = inf
+            first = t  # the meter's first reading: missing before it is not a gap
+            for i in range(t):
+                if not np.isnan(row[i]):
+                    first = i
+                    break
+            for i in range(t):  # no branch on the data: vector steps
+                v = row[i]
+                out_of_range = (v < 0) | (v > limit)
+                bad[i] = out_of_range
+                cv = nan if out_of_range else v
+                clean[i] = cv
+                mask[i] = np.isnan(v) & (i >= first)
             if cumulative:  # zero, or an instantaneous value repeated exactly
-                zero[i] = abs(cv) < f32(1e-9)
+                for i in range(t):
+                    zero[i] = abs(clean[i]) < f32(1e-9)
             else:
-                zero[i] = i > 0 and cv == clean[i - 1]
-            if not np.isnan(cv):
-                cube[cell[i]] = cv
-        _keep_runs(mask, ip[r, I_GAP_BUCKETS], -1, gap)
+                zero[0] = False
+                for i in range(1, t):
+                    zero[i] = clean[i] == clean[i - 1]
+            if cell_first >= 0:  # a regular axis: the row is one stretch of the grid
+                for i in range(t):
+                    cv = clean[i]
+                    cube[cell_first + i] = inf if np.isnan(cv) else cv
+            else:
+                for i in range(t):
+                    if not np.isnan(clean[i]):
+                        cube[cell[i]] = clean[i]
+            _keep_runs(mask, ip[r, I_GAP_BUCKETS], -1, gap)
 
-        # hour-of-week baseline: median and MAD of the same slot over the previous weeks, spread pooled per week
-        max_weeks = ip[r, I_MAX_WEEKS]
-        for s in range(slots):
-            cell_med[s] = nan
-            cell_spread[s] = nan
-        for w in range(1, weeks):
-            k = min(w, max_weeks)
-            if k <= 4:  # the usual case: a branch-free sorting network over four weeks (missing ones +inf)
-                _median_mad4(cube, (w - k) * slots, k, slots, cell_med[w * slots:(w + 1) * slots], week_mad)
-            else:
-                for s in range(slots):
-                    n = 0
-                    for w2 in range(w - k, w):
-                        v = cube[w2 * slots + s]
-                        if v < np.inf:
-                            small[n] = v
-                            n += 1
-                    med, mad = _median_mad(small, n, srt, keys, hist)
-                    cell_med[w * slots + s] = med
-                    week_mad[s] = mad
-            pooled = _nanmedian(week_mad, buf, keys, hist)
+            # hour-of-week baseline: median and MAD of the same slot over the previous weeks; each week's MADs
+            # go to the batch's block, to be pooled (their median) all at once
+            max_weeks = ip[r, I_MAX_WEEKS]
             for s in range(slots):
-                med = cell_med[w * slots + s]
-                cell_spread[w * slots + s] = _fmax(_fmax(week_mad[s], pooled),
-                                                   _fmax(f32(0.05) * abs(med), f32(1e-3)))
-        for i in range(t):
-            c = cell[i]
-            e = cell_med[c]
-            sg = f32(1.4826) * cell_spread[c]
-            exp_b[i] = e
-            sig_b[i] = sg
-            z = (clean[i] - e) / sg
-            zc[i] = z
-            up[i] = _nan_to_num(z)
+                cell_med[s] = nan
+            for w in range(1, weeks):
+                k = min(w, max_weeks)
+                week_mad = week_mad_l[lane, w - 1]
+                if k <= 4:  # the usual case: a branch-free sorting network over four weeks (missing ones +inf)
+                    _median_mad4(cube, (w - k) * slots, k, slots, cell_med[w * slots:(w + 1) * slots], week_mad)
+                else:
+                    for s in range(slots):
+                        n = 0
+                        for w2 in range(w - k, w):
+                            v = cube[w2 * slots + s]
+                            if v < np.inf:
+                                small[n] = v
+                                n += 1
+                        med, mad = _median_mad(small, n, srt, keys, hist)
+                        cell_med[w * slots + s] = med
+                        week_mad[s] = mad
+                col = lane * n_past + w - 1
+                n = 0
+                for s in range(slots):
+                    mad = week_mad[s]
+                    pblock[s, col] = inf if np.isnan(mad) else mad
+                    n += not np.isnan(mad)
+                pcount[col] = n
+        n_weeks_out = nb * n_past if weeks > 1 else 0
+        _median_columns(pblock, pcount, net_a, net_b, net_at[NET_SLOTS], net_at[NET_SLOTS + 1], n_weeks_out, pooled_l)
 
-        # closed-hours level per slot of the day, apart for open and closed days, over the whole window
-        for k in range(n_kinds):
-            k_med[k] = nan
-            k_mad[k] = nan
-        # every group at once: a [samples x groups] block (+inf where no value), sorted down the columns by one
-        # sorting network, so each step is a vector min/max across the groups
-        n_groups = group_kind.size
-        for j in range(gidx.shape[0]):
-            for g in range(n_groups):
-                c = gidx[j, g]
-                v = clean[c] if c >= 0 else inf
-                block[j, g] = inf if np.isnan(v) else v
-        for g in range(n_groups):
+        for lane in range(nb):
+            clean = clean_l[lane]
+            exp_b = exp_b_l[lane]
+            sig_b = sig_b_l[lane]
+            up = up_l[lane]
+            cell_med = cell_med_l[lane]
+            # the spread: the slot's MAD, at least the week's pooled MAD and a share of the level
+            for s in range(slots):
+                cell_spread[s] = nan
+            for w in range(1, weeks):
+                week_mad = week_mad_l[lane, w - 1]
+                pooled = pooled_l[lane * n_past + w - 1]
+                meds = cell_med[w * slots:(w + 1) * slots]
+                spreads = cell_spread[w * slots:(w + 1) * slots]
+                for s in range(slots):
+                    spreads[s] = _fmax(_fmax(week_mad[s], pooled), _fmax(f32(0.05) * abs(meds[s]), f32(1e-3)))
+            if cell_first >= 0:
+                for i in range(t):
+                    exp_b[i] = cell_med[cell_first + i]
+                    sig_b[i] = cell_spread[cell_first + i]
+            else:
+                for i in range(t):
+                    exp_b[i] = cell_med[cell[i]]
+                    sig_b[i] = cell_spread[cell[i]]
+            for i in range(t):
+                sg = f32(1.4826) * sig_b[i]
+                sig_b[i] = sg
+                z = (clean[i] - exp_b[i]) / sg
+                zc_l[lane, i] = z
+                up[i] = _nan_to_num(z)
+            # closed-hours samples of this meter: its columns of the batch's [samples x groups] block (+inf
+            # where no value)
+            for j in range(depth):
+                for g in range(n_groups):
+                    c = gidx[j, g]
+                    v = clean[c] if c >= 0 else inf
+                    block[j, lane * n_groups + g] = inf if np.isnan(v) else v
+
+        # closed-hours level per slot of the day, apart for open and closed days, over the whole window: the
+        # median and MAD of every group of every meter by one sorting network down the block's columns
+        width = nb * n_groups
+        for g in range(width):
             cnt[g] = 0
-        for j in range(gidx.shape[0]):
-            for g in range(n_groups):
+        for j in range(depth):
+            for g in range(width):
                 cnt[g] += block[j, g] < inf
-        _sort_columns(block, cmp_a, cmp_b, n_groups)
-        for g in range(n_groups):
+        _sort_columns(block, net_a, net_b, net_at[NET_GROUPS], net_at[NET_GROUPS + 1], width)
+        for g in range(width):
             n = cnt[g]
             gmed[g] = (block[(n - 1) // 2, g] + block[n // 2, g]) * f32(0.5) if n > 0 else nan
-        for j in range(gidx.shape[0]):
-            for g in range(n_groups):
+        for j in range(depth):
+            for g in range(width):
                 block[j, g] = abs(block[j, g] - gmed[g]) if j < cnt[g] else inf
-        _sort_columns(block, cmp_a, cmp_b, n_groups)
-        for g in range(n_groups):
-            n = cnt[g]
-            k_med[group_kind[g]] = gmed[g]
-            k_mad[group_kind[g]] = (block[(n - 1) // 2, g] + block[n // 2, g]) * f32(0.5) if n > 0 else nan
-        pooled = _nanmedian(k_mad, buf, keys, hist)
-        for k in range(n_kinds):
-            k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], pooled), f32(0.02) * abs(k_med[k]))
-        for i in range(t):
-            exp_c[i] = k_med[col_kind[i]]
-            sig_c[i] = k_sig[col_kind[i]]
+        _sort_columns(block, net_a, net_b, net_at[NET_GROUPS], net_at[NET_GROUPS + 1], width)
 
-        # flatline: zero (or a repeated instantaneous value) for a while where consumption was expected
-        _keep_runs(zero, ip[r, I_FLAT_BUCKETS], -1, flat)
-        flat_min = fp[r, F_FLAT_MIN_REL] * wl
-        for i in range(t):
-            if flat[i]:
-                e = exp_b[i] if working[i] else exp_c[i]
-                if np.isnan(e):
-                    e = wl
-                flat[i] = e > flat_min
+        # step and drift: the running sum and count of the clipped z (the trailing window's mean comes from
+        # them) and its EWMA. Each step waits on the last: four meters side by side keep the core busy.
+        for q in range(0, nb, 4):
+            _running_sums4(zc_l, cs_l, cn_l, level_l, fp, r0, q, min(4, nb - q))
 
-        # spike: far above the baseline and above its own neighbours, for a short run
-        half = spike_z / f32(2)
-        for i in range(t):
-            hit = up[i] > spike_z
-            if hit:
-                n = 0
-                for j in range(i - 2, i + 3):
-                    v = clean[min(max(j, 0), t - 1)]
-                    if not np.isnan(v):
-                        small[n] = v
-                        n += 1
-                contrast = (clean[i] - _median(small, n, keys, hist)) / sig_b[i]
-                hit = _nan_to_num(contrast) > half
-            mask[i] = hit
-        _keep_runs(mask, 1, ip[r, I_SPIKE_MAX], spike)
+        # each meter's closed-hours level and MAD per kind from its columns of the block; the MADs pooled
+        for lane in range(nb):
+            k_med = k_med_l[lane]
+            k_mad = k_mad_l[lane]
+            for k in range(n_kinds):
+                k_med[k] = nan
+                k_mad[k] = nan
+            for g in range(n_groups):
+                c = lane * n_groups + g
+                n = cnt[c]
+                k_med[group_kind[g]] = gmed[c]
+                k_mad[group_kind[g]] = (block[(n - 1) // 2, c] + block[n // 2, c]) * f32(0.5) if n > 0 else nan
+            n = 0
+            for k in range(n_kinds):
+                kblock[k, lane] = inf if np.isnan(k_mad[k]) else k_mad[k]
+                n += not np.isnan(k_mad[k])
+            kcount[lane] = n
+        _median_columns(kblock, kcount, net_a, net_b, net_at[NET_KINDS], net_at[NET_KINDS + 1], nb, k_pooled_l)
 
-        # step and drift: trailing window mean and EWMA of the clipped z
-        clip = fp[r, F_CLIP]
-        cs[0] = 0.0
-        cn[0] = 0
-        alpha = fp[r, F_DRIFT_ALPHA]
-        keep_w = fp[r, F_DRIFT_KEEP]  # float32(1 - alpha), rounded once as the reference does
-        level = f32(0.0)
-        window = min(ip[r, I_STEP_WINDOW], t)
-        step_z = fp[r, F_STEP_Z]
-        drift_z = fp[r, F_DRIFT_Z]
-        other_cum[0] = 0
-        for i in range(t):  # one loop: the rest of the work hides the EWMA's chain of dependent steps
-            z = zc[i]
-            if not np.isnan(z):
-                z = min(max(z, -clip), clip)
-                cs[i + 1] = cs[i] + np.float64(z)
-                cn[i + 1] = cn[i] + 1
-                level = level * keep_w
-                level = level + alpha * z
-            else:
-                cs[i + 1] = cs[i]
-                cn[i + 1] = cn[i]
-            level_a[i] = level
-            a = i + 1 - window if i >= window else 0
-            count = cn[i + 1] - cn[a]
-            sh = f32((cs[i + 1] - cs[a]) / count) if count > 0 else f32(0.0)
-            short0[i] = sh
-            sustained[i] = abs(sh) > step_z or abs(level) > drift_z
-            other_cum[i + 1] = other_cum[i] + (gap[i] or flat[i] or spike[i] or bad[i])
-            step_f[i] = False
-            drift_f[i] = False
-        i = 0
-        min_len = ip[r, I_MIN_SUSTAINED]
-        while i < t:
-            if not sustained[i]:
-                i += 1
-                continue
-            s = i
-            while i < t and sustained[i]:
-                i += 1
-            e = i
-            # a level change lasts, reaches into working hours, and is not a gap, flatline or spike seen from afar
-            overlap = (other_cum[e] - other_cum[s]) / max(e - s, 1)
-            if e - s >= min_len and overlap < 0.3 and open_cum[e] > open_cum[s]:
-                onset = min(s + window - 1, t - 1)
-                if abs(short0[onset]) > step_z:
-                    for j in range(max(s - window + 1, 0), e):
-                        step_f[j] = True
-                else:
-                    for j in range(s, e):
-                        drift_f[j] = True
+        for lane in range(nb):
+            r = r0 + lane
+            row = x[r]
+            clean = clean_l[lane]
+            exp_b = exp_b_l[lane]
+            sig_b = sig_b_l[lane]
+            up = up_l[lane]
+            zero = zero_l[lane]
+            gap = gap_l[lane]
+            bad = bad_l[lane]
+            wl = wl_l[lane]
+            limit = limit_l[lane]
+            k_med = k_med_l[lane]
+            k_mad = k_mad_l[lane]
+            pooled = k_pooled_l[lane]
+            spike_z = fp[r, F_SPIKE_Z]
+            for k in range(n_kinds):
+                k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], pooled), f32(0.02) * abs(k_med[k]))
+            # each column's closed-hours kind: runs of consecutive columns of consecutive kinds, copied
+            for q in range(kind_runs.shape[0]):
+                start, length, kind0 = kind_runs[q, 0], kind_runs[q, 1], kind_runs[q, 2]
+                e_run, s_run = exp_c[start:start + length], sig_c[start:start + length]
+                med_run, sig_run = k_med[kind0:kind0 + length], k_sig[kind0:kind0 + length]
+                for j in range(length):
+                    e_run[j] = med_run[j]
+                    s_run[j] = sig_run[j]
 
-        # waste after hours / on closed days, peak demand, then one type per bucket by priority
-        waste_z = fp[r, F_WASTE_Z]
-        waste_rel = fp[r, F_WASTE_REL] * wl
-        target = fp[r, F_TARGET_REL] * wl
-        contracted = fp[r, F_CONTRACTED]
-        for i in range(t):
-            v = row[i]
-            cv = clean[i]
-            k = -1
-            sc = f32(0.0)
-            if v < 0:
-                k = NEGATIVE
-                sc = f32(1.0) + abs(v)
-            elif v > limit:
-                k = IMPLAUSIBLE
-                sc = v / limit
-            elif gap[i]:
-                k = GAP
-                sc = f32(1.0)
-            elif flat[i]:
-                k = FLATLINE
-                sc = f32(1.0)
-            elif spike[i]:
-                k = SPIKE
-                sc = up[i] / spike_z
-            if k < 0 and not working[i]:
-                excess = cv - exp_c[i]
-                threshold = _fmax(waste_z * sig_c[i], waste_rel)
-                waste = excess > threshold or (has_target and cv > target)
-                if waste:
-                    k = AFTER_HOURS if open_day[i] else HOLIDAY
-                    ratio = excess / threshold
-                    sc = f32(1.0) if np.isnan(ratio) else _nan_to_num(ratio)
-            if k < 0:
-                if step_f[i]:
-                    k = STEP
-                    sc = abs(short0[i]) / step_z
-                elif drift_f[i]:
-                    k = DRIFT
-                    sc = abs(level_a[i]) / drift_z
-                elif has_peak and cv * kw_factor > contracted:
-                    k = PEAK
-                    sc = cv * kw_factor / contracted
-            kind_out[r, i] = k
-            if k >= 0:
-                score_out[r, i] = sc if sc >= f32(1.0) or np.isnan(sc) else f32(1.0)
-            else:
-                score_out[r, i] = min(abs(up[i]) / spike_z, f32(0.999))
+            # flatline: zero (or a repeated instantaneous value) for a while where consumption was expected
+            any_flat = _keep_runs(zero, ip[r, I_FLAT_BUCKETS], -1, flat)
+            flat_min = fp[r, F_FLAT_MIN_REL] * wl
+            for i in range(t if any_flat else 0):
+                if flat[i]:
+                    e = exp_b[i] if working[i] else exp_c[i]
+                    if np.isnan(e):
+                        e = wl
+                    flat[i] = e > flat_min
+
+            # spike: far above the baseline and above its own neighbours, for a short run
+            half = spike_z / f32(2)
+            hits = 0
+            for i in range(t):  # a vector pass for the candidates, then the few get their neighbours' median
+                mask[i] = up[i] > spike_z
+                hits += mask[i]
+            for i in range(t if hits else 0):
+                if mask[i]:
+                    n = 0
+                    for j in range(i - 2, i + 3):
+                        v = clean[min(max(j, 0), t - 1)]
+                        if not np.isnan(v):
+                            small[n] = v
+                            n += 1
+                    contrast = (clean[i] - _median(small, n, keys, hist)) / sig_b[i]
+                    mask[i] = _nan_to_num(contrast) > half
+            _keep_runs(mask, 1, ip[r, I_SPIKE_MAX], spike)
+
+            # step and drift: this meter's column of the running sums
+            cs = cs_l[lane]
+            cn = cn_l[lane]
+            level_a = level_l[lane]
+            window = min(ip[r, I_STEP_WINDOW], t)
+            step_z = fp[r, F_STEP_Z]
+            drift_z = fp[r, F_DRIFT_Z]
+            # the trailing window's mean: no chain, vector steps (the first ``window`` buckets see a shorter window)
+            for i in range(window):
+                count = cn[i + 1]
+                short0[i] = f32(cs[i + 1] / count) if count > 0 else f32(0.0)
+            # (over slices, with the count made float64 first: so numba's loop vectorizes, the division too)
+            cs_hi, cs_lo, cn_hi, cn_lo = cs[window + 1:], cs[1:t + 1 - window], cn[window + 1:], cn[1:t + 1 - window]
+            tail = short0[window:]
+            for i in range(t - window):
+                count = cn_hi[i] - cn_lo[i]
+                sh = (cs_hi[i] - cs_lo[i]) / np.float64(count)
+                tail[i] = f32(sh) if count > 0 else f32(0.0)
+            any_sustained = False
+            for i in range(t):
+                sus = (abs(short0[i]) > step_z) | (abs(level_a[i]) > drift_z)
+                sustained[i] = sus
+                any_sustained |= sus
+                step_f[i] = False
+                drift_f[i] = False
+            i = 0 if any_sustained else t  # no run to walk
+            min_len = ip[r, I_MIN_SUSTAINED]
+            while i < t:
+                if not sustained[i]:
+                    i += 1
+                    continue
+                s = i
+                while i < t and sustained[i]:
+                    i += 1
+                e = i
+                # a level change lasts, reaches into working hours, and is not a gap, flatline or spike seen from afar
+                others = 0
+                for j in range(s, e):
+                    others += gap[j] | flat[j] | spike[j] | bad[j]
+                overlap = others / max(e - s, 1)
+                if e - s >= min_len and overlap < 0.3 and open_cum[e] > open_cum[s]:
+                    onset = min(s + window - 1, t - 1)
+                    if abs(short0[onset]) > step_z:
+                        for j in range(max(s - window + 1, 0), e):
+                            step_f[j] = True
+                    else:
+                        for j in range(s, e):
+                            drift_f[j] = True
+
+            # waste after hours / on closed days, peak demand, then one type per bucket by priority. Few buckets
+            # are flagged: a vector pass writes the unflagged outcome and marks the candidates of any type, then
+            # only those walk the priority chain.
+            waste_z = fp[r, F_WASTE_Z]
+            waste_rel = fp[r, F_WASTE_REL] * wl
+            target = fp[r, F_TARGET_REL] * wl
+            contracted = fp[r, F_CONTRACTED]
+            kind_row = kind_out[r]
+            score_row = score_out[r]
+            first_hit = t  # the candidates' span: the walk below covers only it
+            last_hit = -1
+            for i in range(t):
+                cv = clean[i]
+                waste = (cv - exp_c[i] > _fmax(waste_z * sig_c[i], waste_rel)) | (has_target & (cv > target))
+                cand = (bad[i] | gap[i] | flat[i] | spike[i] | step_f[i] | drift_f[i] | (waste & ~working[i])
+                        | (has_peak & (cv * kw_factor > contracted)))
+                mask[i] = cand
+                first_hit = min(first_hit, i if cand else t)
+                last_hit = max(last_hit, i if cand else -1)
+                kind_row[i] = -1
+                score_row[i] = min(abs(up[i]) / spike_z, f32(0.999))
             if with_expected:
-                ex = exp_c[i] if not working[i] else (wl if np.isnan(exp_b[i]) else exp_b[i])
-                expected_out[r, i] = ex
-                excess_out[r, i] = max(_nan_to_num(cv - ex), f32(0.0)) if k >= 0 else f32(0.0)
+                for i in range(t):
+                    expected_out[r, i] = exp_c[i] if not working[i] else (wl if np.isnan(exp_b[i]) else exp_b[i])
+                    excess_out[r, i] = f32(0.0)
+            for i in range(first_hit, last_hit + 1):
+                if not mask[i]:
+                    continue
+                v = row[i]
+                cv = clean[i]
+                k = -1
+                sc = f32(0.0)
+                if v < 0:
+                    k = NEGATIVE
+                    sc = f32(1.0) + abs(v)
+                elif v > limit:
+                    k = IMPLAUSIBLE
+                    sc = v / limit
+                elif gap[i]:
+                    k = GAP
+                    sc = f32(1.0)
+                elif flat[i]:
+                    k = FLATLINE
+                    sc = f32(1.0)
+                elif spike[i]:
+                    k = SPIKE
+                    sc = up[i] / spike_z
+                if k < 0 and not working[i]:
+                    excess = cv - exp_c[i]
+                    threshold = _fmax(waste_z * sig_c[i], waste_rel)
+                    waste = excess > threshold or (has_target and cv > target)
+                    if waste:
+                        k = AFTER_HOURS if open_day[i] else HOLIDAY
+                        ratio = excess / threshold
+                        sc = f32(1.0) if np.isnan(ratio) else _nan_to_num(ratio)
+                if k < 0:
+                    if step_f[i]:
+                        k = STEP
+                        sc = abs(short0[i]) / step_z
+                    elif drift_f[i]:
+                        k = DRIFT
+                        sc = abs(level_a[i]) / drift_z
+                    elif has_peak and cv * kw_factor > contracted:
+                        k = PEAK
+                        sc = cv * kw_factor / contracted
+                if k >= 0:
+                    kind_row[i] = k
+                    score_row[i] = sc if sc >= f32(1.0) or np.isnan(sc) else f32(1.0)
+                    if with_expected:
+                        excess_out[r, i] = max(_nan_to_num(cv - expected_out[r, i]), f32(0.0))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from analytics import kernel
-from analytics.detectors import DetectorParams, detect, params_for
+from analytics.detectors import DetectorParams, _layout, detect, params_for, sorting_network
 from analytics.reference import reference_detect
 from bems.calendar import default_calendar
 from bench.analytics import matrix
@@ -64,6 +64,54 @@ def test_kernel_matches_the_reference_with_every_optional_detector_and_per_meter
         want = reference_detect(**kwargs)
     assert_same(got, want)
     assert {"step", "flatline", "gap", "negative", "implausible", "peak"} <= set(got.type_names().ravel().tolist())
+
+
+def test_kernel_matches_the_reference_on_a_time_axis_with_a_hole() -> None:
+    """Buckets missing from the axis: the row is no longer one stretch of the week grid, the kernel scatters it."""
+    times = np.datetime64("2026-10-03T20:30") + np.arange(900) * np.timedelta64(3600, "s")
+    times = np.concatenate([times[:300], times[337:]])
+    masks = default_calendar().bucket_masks(times, np.timedelta64(3600, "s"))
+    assert _layout(masks, 60)[5] == -1  # the scattering path
+    x = matrix(150, times.size, masks, seed=2)
+    x[:20, 400:430] = 0  # stuck
+    x[20:40, 500:] *= 1.7  # a step up
+    x[40:45, 50] = -1  # a rollover
+    for kwargs in ({}, {"cumulative": False}, {"params": DetectorParams(max_weeks=6)}):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            assert_same(detect(x, masks=masks, step_minutes=60, **kwargs),  # type: ignore[arg-type]
+                        reference_detect(x, masks=masks, step_minutes=60, **kwargs))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("case", ["uniform", "ties", "infinite", "signed_zeros"])
+def test_network_column_medians_are_the_sorted_middles(case: str) -> None:
+    """The batch's medians: each column's first count values (+inf below them) through one sorting network."""
+    rng = np.random.default_rng(len(case))
+    for rows in (1, 2, 20, 48, 120, 168):
+        width = 40
+        count = rng.integers(0, rows + 1, width)
+        count[0] = rows
+        block = np.full((rows, width), np.inf, dtype=np.float32)
+        for c in range(width):
+            v = rng.random(count[c]).astype(np.float32)
+            if case == "ties":
+                v = np.round(v * 3).astype(np.float32)
+            elif case == "infinite" and count[c]:
+                v[0] = np.inf
+            elif case == "signed_zeros":
+                v = np.where(v < 0.5, np.float32(-0.0), np.float32(0.0))
+            block[:count[c], c] = v
+        values = block.copy()
+        net = np.array(sorting_network(rows), dtype=np.int64).reshape(-1, 2)
+        out = np.empty(width, dtype=np.float32)
+        kernel._median_columns(block, count, np.ascontiguousarray(net[:, 0]), np.ascontiguousarray(net[:, 1]), 0,
+                               len(net), width, out)
+        for c in range(width):
+            n = count[c]
+            s = np.sort(values[:n, c])
+            want = (s[(n - 1) // 2] + s[n // 2]) * np.float32(0.5) if n else np.float32(np.nan)
+            # by value: np.sort leaves -0.0 and 0.0 in either order, so a zero median's sign is no one's to keep
+            assert out[c] == want or (np.isnan(out[c]) and np.isnan(want)), (case, rows, c, out[c], want)
 
 
 def test_a_per_meter_parameter_of_the_wrong_length_is_named() -> None:
