@@ -5,10 +5,12 @@ each meter's row stays in the CPU cache while every detector reads it, about 11 
 (bench/analytics.py). Where the data rarely branches the loops carry no branch (flags are rare: a vector pass
 finds the candidates, then only those take the detailed path), so numba's loops vectorize. Two kinds of work
 do not vectorize along one row: medians of many values, and the EWMA and running sums of z, chains of dependent
-steps. So meters go in batches: the medians of the whole batch are sorted by one sorting network down the
-columns of a [values x meters] block (each step a vector min/max across the meters), and the chains of four
-meters run side by side. Medians of a few values (the weeks of an hour-of-week cell) are a branch-free sorting
-network along the row.
+steps. So meters go in batches: the medians of the whole batch are found by one sorting network down the
+columns of a [values x meters] block (each step a vector min/max across the meters; pruned to the middle
+ranks, as a median needs no full sort; closed-hours groups in tiers of one size, each with a network of its
+size), and the chains of four meters run side by side. Medians of a few values (the weeks of an hour-of-week
+cell) are a branch-free sorting network along the row. Loops walk arrays from index 0 (slices, not offsets):
+numba guards an index it cannot prove non-negative per element, and such a loop does not vectorize.
 The arithmetic is the reference's, step for step in float32 (float64 where it accumulates), so both give the same
 flags; ``tests/test_detect_kernel.py`` holds them to it.
 """
