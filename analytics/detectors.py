@@ -170,21 +170,28 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     closed_cols = np.flatnonzero(~working)
     group_kind = np.unique(col_kind[closed_cols])
     members = [closed_cols[col_kind[closed_cols] == k] for k in group_kind]
-    depth = max((c.size for c in members), default=0)
+    # the groups by size, largest first: each tier of one size is sorted by a network of its own size
+    order = sorted(range(len(members)), key=lambda g: -members[g].size)
+    group_kind, members = group_kind[order], [members[g] for g in order]
+    sizes = np.array([c.size for c in members], dtype=np.int64)
+    depth = int(sizes.max(initial=0))
     gidx = np.full((depth, group_kind.size), -1, dtype=np.int64)  # [sample, group] -> column, -1: none
     for g, cols in enumerate(members):
         gidx[:cols.size, g] = cols
+    tier_at = np.flatnonzero(np.diff(sizes, prepend=-1))
+    tiers = np.stack([tier_at, np.append(tier_at[1:], sizes.size), sizes[tier_at]], axis=1).astype(np.int64)
     work_cols = np.flatnonzero(working).astype(np.int64)
-    # the kernel's sorting networks, one after the other (kernel.NET_*): down the closed-hours groups, the
-    # working-hours values, the slots of a week, the closed-hours kinds
-    nets = [sorting_network(n) for n in (depth, work_cols.size, grid.slots, 2 * per_day)]
+    # the kernel's sorting networks, one after the other (kernel.NET_*), each in full and pruned to the median:
+    # the working-hours values, the slots of a week, the closed-hours groups' MADs, each tier of those groups
+    nets = [net for n in (work_cols.size, grid.slots, group_kind.size, *sizes[tier_at])
+            for net in (sorting_network(int(n)), selection_network(int(n)))]
     pairs = np.array([p for net in nets for p in net], dtype=np.int64).reshape(-1, 2)
     net_at = np.cumsum([0] + [len(net) for net in nets]).astype(np.int64)
     # columns whose kind goes up by one from one to the next form a run (a day's slots): the kernel copies runs
     starts = np.flatnonzero(np.diff(col_kind, prepend=-2) != 1)
     kind_runs = np.stack([starts, np.diff(starts, append=col_kind.size), col_kind[starts]], axis=1).astype(np.int64)
     return (working, work_cols, open_day, open_cum, cell, cell_first, grid.slots, grid.weeks, kind_runs, gidx,
-            group_kind.astype(np.int64), 2 * per_day, np.ascontiguousarray(pairs[:, 0]),
+            group_kind.astype(np.int64), tiers, 2 * per_day, np.ascontiguousarray(pairs[:, 0]),
             np.ascontiguousarray(pairs[:, 1]), net_at)
 
 
@@ -210,6 +217,22 @@ def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
         p *= 2
     # the padding sits at the end and is +inf: a comparator reaching into it never swaps
     return tuple((a, b) for a, b in pairs if b < n)
+
+
+@lru_cache(maxsize=64)
+def selection_network(n: int) -> tuple[tuple[int, int], ...]:
+    """The comparators of ``sorting_network(n)`` that put the middle ranks in place for any n - SELECT_SLACK to n
+    values (the rest +inf): the medians need no full sort. Pruned from the last comparator back: one is kept
+    when it writes a rank still wanted, and then both of its inputs are wanted.
+    """
+    least = max(n - kernel.SELECT_SLACK, 1)
+    wanted = set(range((least - 1) // 2, n // 2 + 1))
+    kept = []
+    for a, b in reversed(sorting_network(n)):
+        if a in wanted or b in wanted:
+            kept.append((a, b))
+            wanted |= {a, b}
+    return tuple(reversed(kept))
 
 
 def _param_tables(p: DetectorParams, m: int, rated: np.ndarray | None,

@@ -5,10 +5,12 @@ each meter's row stays in the CPU cache while every detector reads it, about 11 
 (bench/analytics.py). Where the data rarely branches the loops carry no branch (flags are rare: a vector pass
 finds the candidates, then only those take the detailed path), so numba's loops vectorize. Two kinds of work
 do not vectorize along one row: medians of many values, and the EWMA and running sums of z, chains of dependent
-steps. So meters go in batches: the medians of the whole batch are sorted by one sorting network down the
-columns of a [values x meters] block (each step a vector min/max across the meters), and the chains of four
-meters run side by side. Medians of a few values (the weeks of an hour-of-week cell) are a branch-free sorting
-network along the row.
+steps. So meters go in batches: the medians of the whole batch are found by one sorting network down the
+columns of a [values x meters] block (each step a vector min/max across the meters; pruned to the middle
+ranks, as a median needs no full sort; closed-hours groups in tiers of one size, each with a network of its
+size), and the chains of four meters run side by side. Medians of a few values (the weeks of an hour-of-week
+cell) are a branch-free sorting network along the row. Loops walk arrays from index 0 (slices, not offsets):
+numba guards an index it cannot prove non-negative per element, and such a loop does not vectorize.
 The arithmetic is the reference's, step for step in float32 (float64 where it accumulates), so both give the same
 flags; ``tests/test_detect_kernel.py`` holds them to it.
 """
@@ -32,8 +34,11 @@ NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, 
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 _BUCKETS = 128  # of each round of a bucket select
 _LANES = 32  # meters per batch: two vectors of float32 across a network's rows (measured: 32 beats 16)
-# the sorting networks the kernel is given (one array of comparators, net_at[i] the first of each)
-NET_GROUPS, NET_WORKING, NET_SLOTS, NET_KINDS = range(4)
+# the sorting networks the kernel is given (one array of comparators, net_at[i] the first of each): for each of
+# these, the full network at i and at i + 1 the one pruned to the middle ranks of SELECT_SLACK fewer values or none
+# fewer (a median needs no full sort: ~18% fewer comparators); then those of each tier of closed-hours groups
+NET_WORKING, NET_SLOTS, NET_KINDS, NET_TIERS = range(0, 8, 2)
+SELECT_SLACK = 8
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -238,12 +243,17 @@ def _median_mad4(cube: np.ndarray, first: int, k: int, slots: int, med_out: np.n
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _sort_columns(block: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, first: int, end: int, width: int) -> None:
-    """Sort the first ``width`` columns of ``block`` ascending with the comparators first..end-1 of a sorting
-    network (net_a[c] < net_b[c]): each one a vector min/max along two rows."""
+def _sort_columns(block: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, first: int, end: int, col0: int,
+                  width: int) -> None:
+    """Sort columns col0..col0+width-1 of ``block`` ascending with the comparators first..end-1 of a sorting
+    network (net_a[c] < net_b[c]): each one a vector min/max along two rows.
+
+    The rows are sliced and walked from 0: an index numba cannot prove non-negative gets a wraparound select
+    per element, and the loop no longer vectorizes (measured: 4x slower).
+    """
     for c in range(first, end):
-        top = block[net_a[c]]
-        bottom = block[net_b[c]]
+        top = block[net_a[c], col0:col0 + width]
+        bottom = block[net_b[c], col0:col0 + width]
         for g in range(width):
             a = top[g]
             b = bottom[g]
@@ -252,14 +262,55 @@ def _sort_columns(block: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, first
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _median_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, first: int,
-                    end: int, width: int, out: np.ndarray) -> None:
+def _select_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, net_at: np.ndarray,
+                    net: int, n_full: int, col0: int, width: int) -> None:
+    """Put the middle ranks of the first count[c] values of columns col0..col0+width-1 in place (the rest +inf):
+    by network ``net`` pruned to them when every column holds at least ``n_full - SELECT_SLACK`` values, else by
+    the full one. The other rows then hold the column's other values, in no order."""
+    least = n_full
+    for c in count[col0:col0 + width]:
+        least = min(least, c)
+    which = net + 1 if least >= n_full - SELECT_SLACK else net
+    _sort_columns(block, net_a, net_b, net_at[which], net_at[which + 1], col0, width)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _median_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, net_at: np.ndarray,
+                    net: int, n_full: int, width: int, out: np.ndarray) -> None:
     """out[c] = median of the first count[c] values of column c of ``block`` (the rest +inf: they sort last) as
-    (lower middle + upper middle) / 2, NaN if none; the block is left sorted."""
-    _sort_columns(block, net_a, net_b, first, end, width)
+    (lower middle + upper middle) / 2, NaN if none (see ``_select_columns``)."""
+    _select_columns(block, count, net_a, net_b, net_at, net, n_full, 0, width)
     for c in range(width):
         n = count[c]
         out[c] = (block[(n - 1) // 2, c] + block[n // 2, c]) * np.float32(0.5) if n > 0 else np.float32(np.nan)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _median_mad_columns(block: np.ndarray, count: np.ndarray, med: np.ndarray, net_a: np.ndarray, net_b: np.ndarray,
+                        net_at: np.ndarray, net: int, size: int, col0: int, width: int) -> None:
+    """Median (to med[c]) and MAD (left in the block's middle rows) of the values of columns col0..col0+width-1
+    of the first ``size`` rows of ``block`` (+inf: none; count[c] is set to the number of the others)."""
+    inf = np.float32(np.inf)
+    nan = np.float32(np.nan)
+    col1 = col0 + width
+    cnt = count[col0:col1]  # slices walked from 0: the loops vectorize (see _sort_columns)
+    mid = med[col0:col1]
+    for c in range(width):
+        cnt[c] = 0
+    for j in range(size):
+        row = block[j, col0:col1]
+        for c in range(width):
+            cnt[c] += row[c] < inf
+    _select_columns(block, count, net_a, net_b, net_at, net, size, col0, width)
+    for c in range(width):
+        n = cnt[c]
+        mid[c] = (block[(n - 1) // 2, col0 + c] + block[n // 2, col0 + c]) * np.float32(0.5) if n > 0 else nan
+    for j in range(size):  # the selection leaves the values in no order: +inf marks the missing ones
+        row = block[j, col0:col1]
+        for c in range(width):
+            v = row[c]
+            row[c] = abs(v - mid[c]) if v < inf else inf
+    _select_columns(block, count, net_a, net_b, net_at, net, size, col0, width)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -347,10 +398,11 @@ def _running_sums4(zc: np.ndarray, cs: np.ndarray, cn: np.ndarray, level_out: np
 @njit(nogil=True, cache=True, error_model="numpy")
 def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols: np.ndarray, open_day: np.ndarray,
                 open_cum: np.ndarray, cell: np.ndarray, cell_first: int, slots: int, weeks: int,
-                kind_runs: np.ndarray, gidx: np.ndarray, group_kind: np.ndarray, n_kinds: int, net_a: np.ndarray,
-                net_b: np.ndarray, net_at: np.ndarray, fp: np.ndarray, ip: np.ndarray, has_target: bool,
-                has_peak: bool, has_rated: bool, cumulative: bool, kw_factor: np.float32, kind_out: np.ndarray,
-                score_out: np.ndarray, expected_out: np.ndarray, excess_out: np.ndarray, with_expected: bool) -> None:
+                kind_runs: np.ndarray, gidx: np.ndarray, group_kind: np.ndarray, tiers: np.ndarray, n_kinds: int,
+                net_a: np.ndarray, net_b: np.ndarray, net_at: np.ndarray, fp: np.ndarray, ip: np.ndarray,
+                has_target: bool, has_peak: bool, has_rated: bool, cumulative: bool, kw_factor: np.float32,
+                kind_out: np.ndarray, score_out: np.ndarray, expected_out: np.ndarray, excess_out: np.ndarray,
+                with_expected: bool) -> None:
     """Every detector for meters lo..hi-1 of ``x`` [M, T]; writes kind/score (and expected/excess) rows.
 
     Meters go in batches of ``_LANES``. Each meter's row is walked on its own, in phases; between them the
@@ -367,6 +419,16 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     lanes = _LANES
     n_groups = group_kind.size
     depth = gidx.shape[0]
+    # each group's samples, and its column in the block for lane 0 and from one lane to the next: a tier's
+    # columns side by side, meter by meter (one meter's groups of a tier adjacent, as it fills them)
+    gsize = np.empty(n_groups, np.int64)
+    gcol = np.empty(n_groups, np.int64)
+    gstride = np.empty(n_groups, np.int64)
+    for q in range(tiers.shape[0]):
+        for g in range(tiers[q, 0], tiers[q, 1]):
+            gsize[g] = tiers[q, 2]
+            gcol[g] = tiers[q, 0] * lanes + g - tiers[q, 0]
+            gstride[g] = tiers[q, 1] - tiers[q, 0]
     n_work = work_cols.size
     n_past = max(weeks - 1, 1)  # weeks with a baseline (all but the first)
     # kept from phase to phase, one row per meter of the batch
@@ -386,13 +448,15 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     # the batch's medians: [values, meter (x week or group)] blocks, the count of values of each column
     wblock = np.empty((n_work, lanes), np.float32)
     wcount = np.empty(lanes, np.int64)
-    pblock = np.empty((slots, lanes * n_past), np.float32)
-    pcount = np.empty(lanes * n_past, np.int64)
+    n_blk = max(weeks - 2, 1)  # of these, the weeks pooled by the network (all but week 1)
+    pblock = np.empty((slots, lanes * n_blk), np.float32)
+    pcount = np.empty(lanes * n_blk, np.int64)
+    pblock_med = np.empty(lanes * n_blk, np.float32)
     pooled_l = np.empty(lanes * n_past, np.float32)
-    kblock = np.empty((n_kinds, lanes), np.float32)
+    kblock = np.empty((n_groups, lanes), np.float32)
     kcount = np.empty(lanes, np.int64)
     k_pooled_l = np.empty(lanes, np.float32)
-    block = np.empty((depth, lanes * n_groups), np.float32)
+    block = np.empty((depth, n_groups * lanes), np.float32)
     cnt = np.empty(lanes * n_groups, np.int64)
     gmed = np.empty(lanes * n_groups, np.float32)
     # z, its running sum and count, its EWMA
@@ -430,7 +494,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 wblock[j, lane] = v if keep else inf
                 n += keep
             wcount[lane] = n
-        _median_columns(wblock, wcount, net_a, net_b, net_at[NET_WORKING], net_at[NET_WORKING + 1], nb, wl_l)
+        _median_columns(wblock, wcount, net_a, net_b, net_at, NET_WORKING, n_work, nb, wl_l)
 
         for lane in range(nb):
             r = r0 + lane
@@ -473,10 +537,11 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 zero[0] = False
                 for i in range(1, t):
                     zero[i] = clean[i] == clean[i - 1]
-            if cell_first >= 0:  # a regular axis: the row is one stretch of the grid
+            if cell_first >= 0:  # a regular axis: the row is one stretch of the grid (a slice: see _sort_columns)
+                stretch = cube[cell_first:cell_first + t]
                 for i in range(t):
                     cv = clean[i]
-                    cube[cell_first + i] = inf if np.isnan(cv) else cv
+                    stretch[i] = inf if np.isnan(cv) else cv
             else:
                 for i in range(t):
                     if not np.isnan(clean[i]):
@@ -484,7 +549,8 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             _keep_runs(mask, ip[r, I_GAP_BUCKETS], -1, gap)
 
             # hour-of-week baseline: median and MAD of the same slot over the previous weeks; each week's MADs
-            # go to the batch's block, to be pooled (their median) all at once
+            # go to the batch's block, to be pooled (their median) all at once. Week 1 has one week behind it:
+            # each MAD is 0 (or NaN: no value), so their median is 0 without a network.
             max_weeks = ip[r, I_MAX_WEEKS]
             for s in range(slots):
                 cell_med[s] = nan
@@ -504,15 +570,24 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                         med, mad = _median_mad(small, n, srt, keys, hist)
                         cell_med[w * slots + s] = med
                         week_mad[s] = mad
-                col = lane * n_past + w - 1
+                if w == 1:
+                    n = 0
+                    for s in range(slots):
+                        n += not np.isnan(week_mad[s])
+                    pooled_l[lane * n_past] = f32(0.0) if n > 0 else nan
+                    continue
+                col = lane * n_blk + w - 2
                 n = 0
                 for s in range(slots):
                     mad = week_mad[s]
                     pblock[s, col] = inf if np.isnan(mad) else mad
                     n += not np.isnan(mad)
                 pcount[col] = n
-        n_weeks_out = nb * n_past if weeks > 1 else 0
-        _median_columns(pblock, pcount, net_a, net_b, net_at[NET_SLOTS], net_at[NET_SLOTS + 1], n_weeks_out, pooled_l)
+        if weeks > 2:
+            _median_columns(pblock, pcount, net_a, net_b, net_at, NET_SLOTS, slots, nb * n_blk, pblock_med)
+            for lane in range(nb):
+                for w in range(2, weeks):
+                    pooled_l[lane * n_past + w - 1] = pblock_med[lane * n_blk + w - 2]
 
         for lane in range(nb):
             clean = clean_l[lane]
@@ -531,9 +606,10 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 for s in range(slots):
                     spreads[s] = _fmax(_fmax(week_mad[s], pooled), _fmax(f32(0.05) * abs(meds[s]), f32(1e-3)))
             if cell_first >= 0:
+                med_run, spread_run = cell_med[cell_first:cell_first + t], cell_spread[cell_first:cell_first + t]
                 for i in range(t):
-                    exp_b[i] = cell_med[cell_first + i]
-                    sig_b[i] = cell_spread[cell_first + i]
+                    exp_b[i] = med_run[i]
+                    sig_b[i] = spread_run[i]
             else:
                 for i in range(t):
                     exp_b[i] = cell_med[cell[i]]
@@ -544,30 +620,21 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 z = (clean[i] - exp_b[i]) / sg
                 zc_l[lane, i] = z
                 up[i] = _nan_to_num(z)
-            # closed-hours samples of this meter: its columns of the batch's [samples x groups] block (+inf
-            # where no value)
-            for j in range(depth):
-                for g in range(n_groups):
-                    c = gidx[j, g]
-                    v = clean[c] if c >= 0 else inf
-                    block[j, lane * n_groups + g] = inf if np.isnan(v) else v
+            # closed-hours samples of this meter: its column of each group of the batch's [samples x groups x
+            # meters] block (+inf where no value)
+            for g in range(n_groups):
+                c = gcol[g] + lane * gstride[g]
+                for j in range(gsize[g]):
+                    v = clean[gidx[j, g]]
+                    block[j, c] = inf if np.isnan(v) else v
 
         # closed-hours level per slot of the day, apart for open and closed days, over the whole window: the
-        # median and MAD of every group of every meter by one sorting network down the block's columns
-        width = nb * n_groups
-        for g in range(width):
-            cnt[g] = 0
-        for j in range(depth):
-            for g in range(width):
-                cnt[g] += block[j, g] < inf
-        _sort_columns(block, net_a, net_b, net_at[NET_GROUPS], net_at[NET_GROUPS + 1], width)
-        for g in range(width):
-            n = cnt[g]
-            gmed[g] = (block[(n - 1) // 2, g] + block[n // 2, g]) * f32(0.5) if n > 0 else nan
-        for j in range(depth):
-            for g in range(width):
-                block[j, g] = abs(block[j, g] - gmed[g]) if j < cnt[g] else inf
-        _sort_columns(block, net_a, net_b, net_at[NET_GROUPS], net_at[NET_GROUPS + 1], width)
+        # median and MAD of every group of every meter by sorting networks down the block's columns, one per
+        # tier of groups of one size (a group of 8 samples needs no network for 20)
+        for q in range(tiers.shape[0]):
+            c0 = tiers[q, 0] * lanes
+            _median_mad_columns(block, cnt, gmed, net_a, net_b, net_at, NET_TIERS + 2 * q, tiers[q, 2], c0,
+                                nb * (tiers[q, 1] - tiers[q, 0]))
 
         # step and drift: the running sum and count of the clipped z (the trailing window's mean comes from
         # them) and its EWMA. Each step waits on the last: four meters side by side keep the core busy.
@@ -581,17 +648,17 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             for k in range(n_kinds):
                 k_med[k] = nan
                 k_mad[k] = nan
-            for g in range(n_groups):
-                c = lane * n_groups + g
+            n_mad = 0
+            for g in range(n_groups):  # a kind has one group at most, so the groups' MADs are the kinds'
+                c = gcol[g] + lane * gstride[g]
                 n = cnt[c]
+                mad = (block[(n - 1) // 2, c] + block[n // 2, c]) * f32(0.5) if n > 0 else nan
                 k_med[group_kind[g]] = gmed[c]
-                k_mad[group_kind[g]] = (block[(n - 1) // 2, c] + block[n // 2, c]) * f32(0.5) if n > 0 else nan
-            n = 0
-            for k in range(n_kinds):
-                kblock[k, lane] = inf if np.isnan(k_mad[k]) else k_mad[k]
-                n += not np.isnan(k_mad[k])
-            kcount[lane] = n
-        _median_columns(kblock, kcount, net_a, net_b, net_at[NET_KINDS], net_at[NET_KINDS + 1], nb, k_pooled_l)
+                k_mad[group_kind[g]] = mad
+                kblock[g, lane] = inf if np.isnan(mad) else mad
+                n_mad += not np.isnan(mad)
+            kcount[lane] = n_mad
+        _median_columns(kblock, kcount, net_a, net_b, net_at, NET_KINDS, n_groups, nb, k_pooled_l)
 
         for lane in range(nb):
             r = r0 + lane

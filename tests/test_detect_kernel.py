@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from analytics import kernel
-from analytics.detectors import DetectorParams, _layout, detect, params_for, sorting_network
+from analytics.detectors import DetectorParams, _layout, detect, params_for, selection_network, sorting_network
 from analytics.reference import reference_detect
 from bems.calendar import default_calendar
 from bench.analytics import matrix
@@ -83,13 +83,15 @@ def test_kernel_matches_the_reference_on_a_time_axis_with_a_hole() -> None:
                         reference_detect(x, masks=masks, step_minutes=60, **kwargs))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("near_full", [False, True])
 @pytest.mark.parametrize("case", ["uniform", "ties", "infinite", "signed_zeros"])
-def test_network_column_medians_are_the_sorted_middles(case: str) -> None:
-    """The batch's medians: each column's first count values (+inf below them) through one sorting network."""
+def test_network_column_medians_are_the_sorted_middles(case: str, near_full: bool) -> None:
+    """The batch's medians: each column's first count values (+inf below them) through one sorting network, the
+    full one, or (every column missing at most SELECT_SLACK values) the one pruned to the middle ranks."""
     rng = np.random.default_rng(len(case))
-    for rows in (1, 2, 20, 48, 120, 168):
+    for rows in (1, 2, 8, 20, 48, 120, 168):
         width = 40
-        count = rng.integers(0, rows + 1, width)
+        count = rng.integers(max(rows - kernel.SELECT_SLACK, 0) if near_full else 0, rows + 1, width)
         count[0] = rows
         block = np.full((rows, width), np.inf, dtype=np.float32)
         for c in range(width):
@@ -102,10 +104,12 @@ def test_network_column_medians_are_the_sorted_middles(case: str) -> None:
                 v = np.where(v < 0.5, np.float32(-0.0), np.float32(0.0))
             block[:count[c], c] = v
         values = block.copy()
-        net = np.array(sorting_network(rows), dtype=np.int64).reshape(-1, 2)
+        full, pruned = sorting_network(rows), selection_network(rows)
+        net = np.array(full + pruned, dtype=np.int64).reshape(-1, 2)
+        net_at = np.array([0, len(full), len(full) + len(pruned)], dtype=np.int64)
         out = np.empty(width, dtype=np.float32)
-        kernel._median_columns(block, count, np.ascontiguousarray(net[:, 0]), np.ascontiguousarray(net[:, 1]), 0,
-                               len(net), width, out)
+        kernel._median_columns(block, count, np.ascontiguousarray(net[:, 0]), np.ascontiguousarray(net[:, 1]),
+                               net_at, 0, rows, width, out)
         for c in range(width):
             n = count[c]
             s = np.sort(values[:n, c])
