@@ -138,11 +138,10 @@ def parse_proof(proof: str | None) -> tuple[int, int, list[bytes]]:
     return int(index), int(size), [raw[k:k + 32] for k in range(0, len(raw), 32)]
 
 
-def _signed_alone(raw_key: bytes, sig: str, data: bytes) -> bool:
-    """A reading stored before edges signed in batches: the signature is over its canonical bytes themselves
-    (their own domain, ``bems-reading-v1``, so neither form can pass for the other)."""
+def _opens(raw_key: bytes, sig: str, message: bytes) -> bool:
+    """Whether ``sig`` is the key's Ed25519 signature of ``message``."""
     try:
-        crypto_sign_open(base64.b64decode(sig) + data, raw_key)
+        crypto_sign_open(base64.b64decode(sig) + message, raw_key)
     except (CryptoError, ValueError):
         return False
     return True
@@ -248,11 +247,7 @@ class KeyRing:
 
     @staticmethod
     def _verify_root(raw_key: bytes, sig: str, size: int, root: bytes) -> bool:
-        try:
-            crypto_sign_open(base64.b64decode(sig) + batch_message(root, size), raw_key)
-        except (CryptoError, ValueError):
-            return False
-        return True
+        return _opens(raw_key, sig, batch_message(root, size))
 
     def __len__(self) -> int:
         return len(self._by_kid)
@@ -273,13 +268,16 @@ class KeyRing:
             raise SignatureRejected("wrong_building", f"edge {edge!r} serves building {registered.building!r} and "
                                                       f"may not send readings for building {building!r}")
         try:
+            data = canonical(building, meter, edge, ts_ms, seq, values)
             index, size, path = parse_proof(proof)
-            root = root_from_proof(canonical(building, meter, edge, ts_ms, seq, values), index, size, path)
+            root = root_from_proof(data, index, size, path)
         except ValueError as exc:
             raise SignatureRejected("bad_signature", f"reading of {meter} from edge {edge!r} seq {seq}: its batch "
                                                      f"proof {proof!r} is malformed ({exc})") from None
-        if not self._root_ok(registered.raw, sig, size, root) and not (proof is None and _signed_alone(
-                registered.raw, sig, canonical(building, meter, edge, ts_ms, seq, values))):
+        # a reading stored before edges signed in batches has its signature over its canonical bytes themselves
+        # (their own domain, ``bems-reading-v1``, so neither form can pass for the other)
+        if not self._root_ok(registered.raw, sig, size, root) and not (proof is None
+                                                                       and _opens(registered.raw, sig, data)):
             raise SignatureRejected("bad_signature", f"reading of {meter} from edge {edge!r} seq {seq}: signature "
                                                      f"does not match key {kid!r}")
         return registered
