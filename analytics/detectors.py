@@ -139,7 +139,7 @@ def detect(x: np.ndarray, *, masks: CalendarMasks, step_minutes: int, params: De
         detect_rows(x, lo, hi, *layout, fp, ip, p.target_rel is not None, contracted_kw is not None,
                     rated_per_bucket is not None, cumulative, np.float32(60.0 / step_minutes), out.kind, out.score,
                     no_output if out.expected is None else out.expected,
-                    no_output if out.excess is None else out.excess, with_expected)
+                    no_output if out.excess is None else out.excess, with_expected, kernel.LANES)
 
     block = max(1, min(BLOCK_METERS, -(-m // _threads())))
     spans = [(lo, min(m, lo + block)) for lo in range(0, m, block)]

@@ -1,24 +1,29 @@
-"""The detector pass compiled per meter (numba): every detector in one sweep over a meter's row.
+"""The detector pass compiled (numba): every detector over batches of meters, no per-meter Python.
 
 The numpy formulation (``analytics.reference``) makes ~150 passes over the whole matrix and its temporaries; here
-each meter's row stays in the CPU cache while every detector reads it, about 11 ns of CPU per bucket
-(bench/analytics.py). Where the data rarely branches the loops carry no branch (flags are rare: a vector pass
-finds the candidates, then only those take the detailed path), so numba's loops vectorize. Two kinds of work
-do not vectorize along one row: medians of many values, and the EWMA and running sums of z, chains of dependent
-steps. So meters go in batches: the medians of the whole batch are found by one sorting network down the
-columns of a [values x meters] block (each step a vector min/max across the meters; pruned to the middle
-ranks, as a median needs no full sort; closed-hours groups in tiers of one size, each with a network of its
-size), and the chains of four meters run side by side. Medians of a few values (the weeks of an hour-of-week
-cell) are a branch-free sorting network along the row. Loops walk arrays from index 0 (slices, not offsets):
-numba guards an index it cannot prove non-negative per element, and such a loop does not vectorize.
+a batch of ``LANES`` meters stays in the CPU caches while every detector reads it, about 7 ns of CPU per bucket
+(bench/analytics.py). A batch is first held side by side, [buckets x meters] (``analytics.simd`` turns it), so
+that each step along time is one vector operation across the meters: the working level, the hour-of-week
+baseline (median and MAD of each slot over the previous weeks: a branch-free sorting network of four), z, the
+closed-hours levels, and the running sum and EWMA of z, chains of dependent steps that no row-wise loop can
+vectorize. Medians of many values (the working level, each week's pooled MAD, the closed-hours groups) are found
+by one sorting network down the columns of a [values x meters] block, each step a vector min/max across the
+meters, pruned to the middle ranks (a median needs no full sort); closed-hours groups go in tiers of one size,
+each with a network of its size. Then each meter's row on its own for what is rare: runs of flags, the detail of
+candidates, and one type per bucket (a vector pass finds the candidates, only those take the detailed path).
+Loops are written so LLVM vectorizes them: from index 0 over slices (numba guards an index it cannot prove
+non-negative, and such a loop stays scalar), long loops down whole blocks where every meter does the same, and
+the batch width given at run time (a loop of a known 32 steps is unrolled, and unrolled LLVM cannot prove the
+rows apart and keeps them scalar).
 The arithmetic is the reference's, step for step in float32 (float64 where it accumulates), so both give the same
 flags; ``tests/test_detect_kernel.py`` holds them to it.
 """
-
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+from analytics.simd import LANES, sustained_lanes, transpose16
 
 # columns of the float parameter table, one row per meter
 F_SPIKE_Z, F_WASTE_Z, F_WASTE_REL, F_TARGET_REL, F_FLAT_MIN_REL, F_STEP_Z, F_DRIFT_ALPHA, F_DRIFT_KEEP, F_DRIFT_Z, \
@@ -33,7 +38,6 @@ NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, 
 
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 _BUCKETS = 128  # of each round of a bucket select
-_LANES = 32  # meters per batch: two vectors of float32 across a network's rows (measured: 32 beats 16)
 # the sorting networks the kernel is given (one array of comparators, net_at[i] the first of each): for each of
 # these, the full network at i and at i + 1 the one pruned to the middle ranks of SELECT_SLACK fewer values or none
 # fewer (a median needs no full sort: ~18% fewer comparators); then those of each tier of closed-hours groups
@@ -206,43 +210,6 @@ def _mid(a: np.float32, b: np.float32, c: np.float32, d: np.float32, n: int) -> 
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _median_mad4(cube: np.ndarray, first: int, k: int, slots: int, med_out: np.ndarray, mad_out: np.ndarray) -> None:
-    """Median and MAD, per slot, of the k <= 4 weeks of ``cube`` from offset ``first`` (+inf: no value).
-
-    A missing week is +inf, so it sorts last and its deviation from a finite median is +inf again; with no
-    value at all the median is NaN and so is the MAD.
-    """
-    inf = np.float32(np.inf)
-    wa = cube[first:first + slots]
-    wb = cube[first + slots:first + 2 * slots] if k > 1 else cube[first:first]
-    wc = cube[first + 2 * slots:first + 3 * slots] if k > 2 else cube[first:first]
-    wd = cube[first + 3 * slots:first + 4 * slots] if k > 3 else cube[first:first]
-    for s in range(slots):
-        a = wa[s]
-        b = wb[s] if k > 1 else inf
-        c = wc[s] if k > 2 else inf
-        d = wd[s] if k > 3 else inf
-        n = np.int32(a < inf) + np.int32(b < inf) + np.int32(c < inf) + np.int32(d < inf)
-        a, b = min(a, b), max(a, b)
-        c, d = min(c, d), max(c, d)
-        a, c = min(a, c), max(a, c)
-        b, d = min(b, d), max(b, d)
-        b, c = min(b, c), max(b, c)
-        med = _mid(a, b, c, d, n)
-        da = abs(a - med)
-        db = abs(b - med)
-        dc = abs(c - med)
-        dd = abs(d - med)
-        da, db = min(da, db), max(da, db)
-        dc, dd = min(dc, dd), max(dc, dd)
-        da, dc = min(da, dc), max(da, dc)
-        db, dd = min(db, dd), max(db, dd)
-        db, dc = min(db, dc), max(db, dc)
-        med_out[s] = med
-        mad_out[s] = _mid(da, db, dc, dd, n)
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
 def _sort_columns(block: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, first: int, end: int, col0: int,
                   width: int) -> None:
     """Sort columns col0..col0+width-1 of ``block`` ascending with the comparators first..end-1 of a sorting
@@ -356,43 +323,144 @@ def _ewma_step(z: np.float32, acc: np.float64, valid: int, level: np.float32, cl
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
-def _running_sums4(zc: np.ndarray, cs: np.ndarray, cn: np.ndarray, level_out: np.ndarray, fp: np.ndarray, r0: int,
-                   q: int, k: int) -> None:
-    """Running sums and EWMAs of rows q..q+k-1 (k <= 4) of ``zc``, meters r0+q.. of ``fp``: four chains in one
-    loop, so each one's wait on its last step overlaps the others' (a lane past k repeats the last row)."""
-    t = zc.shape[1]
-    rows = (q, q + min(1, k - 1), q + min(2, k - 1), q + min(3, k - 1))
-    clip = (fp[r0 + rows[0], F_CLIP], fp[r0 + rows[1], F_CLIP], fp[r0 + rows[2], F_CLIP], fp[r0 + rows[3], F_CLIP])
-    alpha = (fp[r0 + rows[0], F_DRIFT_ALPHA], fp[r0 + rows[1], F_DRIFT_ALPHA], fp[r0 + rows[2], F_DRIFT_ALPHA],
-             fp[r0 + rows[3], F_DRIFT_ALPHA])
-    # float32(1 - alpha), rounded once as the reference does
-    keep = (fp[r0 + rows[0], F_DRIFT_KEEP], fp[r0 + rows[1], F_DRIFT_KEEP], fp[r0 + rows[2], F_DRIFT_KEEP],
-            fp[r0 + rows[3], F_DRIFT_KEEP])
-    z0, z1, z2, z3 = zc[rows[0]], zc[rows[1]], zc[rows[2]], zc[rows[3]]
-    a0 = a1 = a2 = a3 = 0.0
-    n0 = n1 = n2 = n3 = 0
-    f = np.float32(0.0)
-    l0 = l1 = l2 = l3 = f
-    for j in range(4):
-        cs[rows[j], 0] = 0.0
-        cn[rows[j], 0] = 0
-    for i in range(t):
-        a0, n0, l0 = _ewma_step(z0[i], a0, n0, l0, clip[0], alpha[0], keep[0])
-        a1, n1, l1 = _ewma_step(z1[i], a1, n1, l1, clip[1], alpha[1], keep[1])
-        a2, n2, l2 = _ewma_step(z2[i], a2, n2, l2, clip[2], alpha[2], keep[2])
-        a3, n3, l3 = _ewma_step(z3[i], a3, n3, l3, clip[3], alpha[3], keep[3])
-        cs[rows[3], i + 1] = a3
-        cn[rows[3], i + 1] = n3
-        level_out[rows[3], i] = l3
-        cs[rows[2], i + 1] = a2
-        cn[rows[2], i + 1] = n2
-        level_out[rows[2], i] = l2
-        cs[rows[1], i + 1] = a1
-        cn[rows[1], i + 1] = n1
-        level_out[rows[1], i] = l1
-        cs[rows[0], i + 1] = a0
-        cn[rows[0], i + 1] = n0
-        level_out[rows[0], i] = l0
+def _to_lanes(x: np.ndarray, r0: int, nb: int, xt: np.ndarray) -> None:
+    """xt [t, LANES] = rows r0..r0+nb-1 of x [M, t] side by side; lanes past nb repeat row r0 (so they behave
+    as a real meter would, and no network falls back to its full size for them)."""
+    t = x.shape[1]
+    full = t - t % 16 if nb == LANES else 0
+    xf = x.reshape(-1)
+    tf = xt.reshape(-1)
+    for i in range(0, full, 16):
+        for h in range(0, LANES, 16):
+            transpose16(xf, (r0 + h) * t + i, t, tf, i * LANES + h, LANES)
+    for i in range(full, t):
+        row = xt[i]
+        for lane in range(LANES):
+            row[lane] = x[r0 + (lane if lane < nb else 0), i]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _from_lanes(xt: np.ndarray, rows: np.ndarray) -> None:
+    """rows [LANES, t] = xt [t, LANES] turned back."""
+    t = xt.shape[0]
+    full = t - t % 16
+    tf = xt.reshape(-1)
+    rf = rows.reshape(-1)
+    for i in range(0, full, 16):
+        for h in range(0, LANES, 16):
+            transpose16(tf, i * LANES + h, LANES, rf, h * t + i, t)
+    for lane in range(LANES):
+        for i in range(full, t):
+            rows[lane, i] = xt[i, lane]
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _median_mad_weeks(cube: np.ndarray, w: int, slots: int, k: int, med_out: np.ndarray, mad_out: np.ndarray) -> None:
+    """Median and MAD, per slot and meter, of weeks w - k .. w - 1 (k <= 4) of ``cube`` [weeks x slots, LANES]
+    (+inf: no value; NaN out if none), as (lower middle + upper middle) / 2 like ``_median``.
+
+    One loop down the week's [slots x LANES] rows as one vector; each element a branch-free sorting network of
+    four (a missing week sorts last; its deviation from a finite median is +inf again). For k < 4 the comparators
+    that would meet a missing week are left out: the same values come out with a third to half the work.
+    """
+    inf = np.float32(np.inf)
+    nan = np.float32(np.nan)
+    half = np.float32(0.5)
+    size = slots * cube.shape[1]
+    ra = cube[(w - 1) * slots:w * slots].reshape(-1)
+    rb = cube[max(w - 2, 0) * slots:max(w - 2, 0) * slots + slots].reshape(-1)
+    rc = cube[max(w - 3, 0) * slots:max(w - 3, 0) * slots + slots].reshape(-1)
+    rd = cube[max(w - 4, 0) * slots:max(w - 4, 0) * slots + slots].reshape(-1)
+    mo = med_out.reshape(-1)
+    ao = mad_out.reshape(-1)
+    if k == 1:
+        for e in range(size):
+            a = ra[e]
+            med = (a + a) * half
+            d = abs(a - med)
+            mo[e] = med if a < inf else nan
+            ao[e] = (d + d) * half if a < inf else nan
+    elif k == 2:
+        for e in range(size):
+            a = ra[e]
+            b = rb[e]
+            n = np.int32(a < inf) + np.int32(b < inf)
+            a, b = min(a, b), max(a, b)
+            med = (a + (b if n == 2 else a)) * half
+            da = abs(a - med)
+            db = abs(b - med)
+            da, db = min(da, db), max(da, db)
+            mo[e] = med if n > 0 else nan
+            ao[e] = (da + (db if n == 2 else da)) * half if n > 0 else nan
+    elif k == 3:
+        for e in range(size):
+            a = ra[e]
+            b = rb[e]
+            c = rc[e]
+            n = np.int32(a < inf) + np.int32(b < inf) + np.int32(c < inf)
+            a, b = min(a, b), max(a, b)
+            a, c = min(a, c), max(a, c)
+            b, c = min(b, c), max(b, c)
+            med = _mid(a, b, c, inf, n)
+            da = abs(a - med)
+            db = abs(b - med)
+            dc = abs(c - med)
+            da, db = min(da, db), max(da, db)
+            da, dc = min(da, dc), max(da, dc)
+            db, dc = min(db, dc), max(db, dc)
+            mo[e] = med
+            ao[e] = _mid(da, db, dc, inf, n)
+    else:
+        for e in range(size):
+            a = ra[e]
+            b = rb[e]
+            c = rc[e]
+            d = rd[e]
+            n = np.int32(a < inf) + np.int32(b < inf) + np.int32(c < inf) + np.int32(d < inf)
+            a, b = min(a, b), max(a, b)
+            c, d = min(c, d), max(c, d)
+            a, c = min(a, c), max(a, c)
+            b, d = min(b, d), max(b, d)
+            b, c = min(b, c), max(b, c)
+            med = _mid(a, b, c, d, n)
+            da = abs(a - med)
+            db = abs(b - med)
+            dc = abs(c - med)
+            dd = abs(d - med)
+            da, db = min(da, db), max(da, db)
+            dc, dd = min(dc, dd), max(dc, dd)
+            da, dc = min(da, dc), max(da, dc)
+            db, dd = min(db, dd), max(db, dd)
+            db, dc = min(db, dc), max(db, dc)
+            mo[e] = med
+            ao[e] = _mid(da, db, dc, dd, n)
+
+
+@njit(nogil=True, cache=True, error_model="numpy")
+def _sustained_scalar(zt: np.ndarray, cst: np.ndarray, cnt: np.ndarray, levelt: np.ndarray, shortt: np.ndarray,
+                      sust: np.ndarray, anyt: np.ndarray, par: np.ndarray, window: np.ndarray) -> None:
+    """``simd.sustained_lanes`` one meter at a time, each with its own window (when the batch's differ)."""
+    t = zt.shape[0]
+    for lane in range(LANES):
+        clip, alpha, keep, step_z, drift_z = par[0, lane], par[1, lane], par[2, lane], par[3, lane], par[4, lane]
+        acc = 0.0
+        n = np.int32(0)
+        level = np.float32(0.0)
+        cst[0, lane] = 0.0
+        cnt[0, lane] = 0
+        anyt[lane] = False
+        for i in range(t):
+            acc, n, level = _ewma_step(zt[i, lane], acc, n, level, clip, alpha, keep)
+            cst[i + 1, lane] = acc
+            cnt[i + 1, lane] = n
+            levelt[i, lane] = level
+            j = max(i + 1 - window[lane], 0)
+            count = n - cnt[j, lane]
+            short = np.float32((acc - cst[j, lane]) / np.float64(count)) if count > 0 else np.float32(0.0)
+            shortt[i, lane] = short
+            big = (abs(short) > step_z) | (abs(level) > drift_z)
+            sust[i, lane] = big
+            anyt[lane] |= big
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -402,81 +470,82 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 net_a: np.ndarray, net_b: np.ndarray, net_at: np.ndarray, fp: np.ndarray, ip: np.ndarray,
                 has_target: bool, has_peak: bool, has_rated: bool, cumulative: bool, kw_factor: np.float32,
                 kind_out: np.ndarray, score_out: np.ndarray, expected_out: np.ndarray, excess_out: np.ndarray,
-                with_expected: bool) -> None:
+                with_expected: bool, lanes: int) -> None:
     """Every detector for meters lo..hi-1 of ``x`` [M, T]; writes kind/score (and expected/excess) rows.
 
-    Meters go in batches of ``_LANES``. Each meter's row is walked on its own, in phases; between them the
-    batch is handled at once where one meter alone would be slow: the medians of many values (the working
-    level, the pooled spreads, the closed-hours groups) by one sorting network down the columns of a
-    [values x meters] block, each step a vector min/max across the meters; and the running sums and EWMA of
-    z, chains of dependent steps, four meters side by side.
+    Meters go in batches of ``lanes`` (= ``LANES``, given at run time so the loops across a batch vectorize; see
+    the module's docstring), first side by side ([buckets x meters] blocks, each step one vector operation across
+    the batch): the working level, the hour-of-week baseline and z, the closed-hours levels (medians by sorting
+    networks down the blocks' columns) and the running statistics of z. Then each meter's row on its own for what
+    is rare (runs of flags, the detail of candidates) and its one type per bucket.
     """
     t = x.shape[1]
     n_cells = weeks * slots
     f32 = np.float32
     nan = f32(np.nan)
     inf = f32(np.inf)
-    lanes = _LANES
+    if lanes != LANES:
+        raise ValueError("detect_rows works on batches of LANES meters")
     n_groups = group_kind.size
     depth = gidx.shape[0]
-    # each group's samples, and its column in the block for lane 0 and from one lane to the next: a tier's
-    # columns side by side, meter by meter (one meter's groups of a tier adjacent, as it fills them)
     gsize = np.empty(n_groups, np.int64)
-    gcol = np.empty(n_groups, np.int64)
-    gstride = np.empty(n_groups, np.int64)
     for q in range(tiers.shape[0]):
         for g in range(tiers[q, 0], tiers[q, 1]):
             gsize[g] = tiers[q, 2]
-            gcol[g] = tiers[q, 0] * lanes + g - tiers[q, 0]
-            gstride[g] = tiers[q, 1] - tiers[q, 0]
     n_work = work_cols.size
     n_past = max(weeks - 1, 1)  # weeks with a baseline (all but the first)
-    # kept from phase to phase, one row per meter of the batch
-    clean_l = np.empty((lanes, t), np.float32)
-    exp_b_l = np.empty((lanes, t), np.float32)
-    sig_b_l = np.empty((lanes, t), np.float32)
-    up_l = np.empty((lanes, t), np.float32)
-    zero_l = np.empty((lanes, t), np.bool_)
-    gap_l = np.empty((lanes, t), np.bool_)
-    bad_l = np.empty((lanes, t), np.bool_)
-    cell_med_l = np.empty((lanes, n_cells), np.float32)
-    week_mad_l = np.empty((lanes, n_past, slots), np.float32)
-    k_med_l = np.empty((lanes, n_kinds), np.float32)
-    k_mad_l = np.empty((lanes, n_kinds), np.float32)
-    wl_l = np.empty(lanes, np.float32)
+    # the batch side by side: [buckets (or cells, values), LANES]
+    xt = np.empty((t, lanes), np.float32)
+    cube = np.empty((n_cells, lanes), np.float32)
+    cell_med = np.empty((n_cells, lanes), np.float32)
+    cell_spread = np.empty((n_cells, lanes), np.float32)
+    week_mad = np.empty((n_past, slots, lanes), np.float32)
+    exp_bt = np.empty((t, lanes), np.float32)
+    sig_bt = np.empty((t, lanes), np.float32)
+    zt = np.empty((t, lanes), np.float32)
+    cst = np.empty((t + 1, lanes), np.float64)
+    cnt_t = np.empty((t + 1, lanes), np.int32)
+    levelt = np.empty((t, lanes), np.float32)
+    shortt = np.empty((t, lanes), np.float32)
+    sust = np.empty((t, lanes), np.bool_)
+    z_rows = np.empty((lanes, t), np.float32)
+    par = np.empty((5, lanes), np.float32)
+    window_l = np.empty(lanes, np.int64)
+    k_l = np.empty(lanes, np.int64)
+    done = np.empty(lanes, np.bool_)
+    med_k = np.empty((slots, lanes), np.float32)
+    mad_k = np.empty((slots, lanes), np.float32)
     limit_l = np.empty(lanes, np.float32)
-    # the batch's medians: [values, meter (x week or group)] blocks, the count of values of each column
+    wl_l = np.empty(lanes, np.float32)
+    any_sus = np.empty(lanes, np.bool_)
+    # the batch's medians: [values, (week or group x) LANES] blocks, the count of values of each column
     wblock = np.empty((n_work, lanes), np.float32)
     wcount = np.empty(lanes, np.int64)
-    n_blk = max(weeks - 2, 1)  # of these, the weeks pooled by the network (all but week 1)
-    pblock = np.empty((slots, lanes * n_blk), np.float32)
-    pcount = np.empty(lanes * n_blk, np.int64)
-    pblock_med = np.empty(lanes * n_blk, np.float32)
-    pooled_l = np.empty(lanes * n_past, np.float32)
+    pblock = np.empty((slots, lanes), np.float32)
+    pcount = np.empty(lanes, np.int64)
+    pooled = np.empty((n_past, lanes), np.float32)
+    block = np.empty((depth, n_groups * lanes), np.float32)
+    cnt = np.empty(n_groups * lanes, np.int64)
+    gmed = np.empty(n_groups * lanes, np.float32)
     kblock = np.empty((n_groups, lanes), np.float32)
     kcount = np.empty(lanes, np.int64)
-    k_pooled_l = np.empty(lanes, np.float32)
-    block = np.empty((depth, n_groups * lanes), np.float32)
-    cnt = np.empty(lanes * n_groups, np.int64)
-    gmed = np.empty(lanes * n_groups, np.float32)
-    # z, its running sum and count, its EWMA
-    zc_l = np.empty((lanes, t), np.float32)
-    cs_l = np.empty((lanes, t + 1), np.float64)
-    cn_l = np.empty((lanes, t + 1), np.int64)
-    level_l = np.empty((lanes, t), np.float32)
-    # one meter's scratch
+    k_pooled = np.empty(lanes, np.float32)
+    k_med_l = np.empty((lanes, n_kinds), np.float32)
+    k_mad_l = np.empty((lanes, n_kinds), np.float32)
+    # one meter's rows
+    clean = np.empty(t, np.float32)
+    up = np.empty(t, np.float32)
+    zero = np.empty(t, np.bool_)
+    gap = np.empty(t, np.bool_)
+    bad = np.empty(t, np.bool_)
     exp_c = np.empty(t, np.float32)
     sig_c = np.empty(t, np.float32)
-    short0 = np.empty(t, np.float32)
     mask = np.empty(t, np.bool_)
     flat = np.empty(t, np.bool_)
     spike = np.empty(t, np.bool_)
-    sustained = np.empty(t, np.bool_)
     step_f = np.zeros(t, np.bool_)
     drift_f = np.zeros(t, np.bool_)
-    cell_spread = np.empty(n_cells, np.float32)
     k_sig = np.empty(n_kinds, np.float32)
-    cube = np.empty(n_cells, np.float32)
     keys = np.empty(max(t, 8) + 8, np.float32)  # scratch of the selects
     srt = np.empty(keys.size, np.float32)
     hist = np.empty(256, np.int32)
@@ -484,26 +553,21 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
 
     for r0 in range(lo, hi, lanes):
         nb = min(lanes, hi - r0)
+        _to_lanes(x, r0, nb, xt)
         # the meter's typical working-hours use: a median, so one wild reading cannot move it
-        for lane in range(nb):
-            row = x[r0 + lane]
-            n = 0
-            for j in range(n_work):
-                v = row[work_cols[j]]
+        for lane in range(lanes):
+            wcount[lane] = 0
+        for j in range(n_work):
+            src = xt[work_cols[j]]
+            dst = wblock[j]
+            for lane in range(lanes):
+                v = src[lane]
                 keep = v >= 0  # NaN fails too
-                wblock[j, lane] = v if keep else inf
-                n += keep
-            wcount[lane] = n
-        _median_columns(wblock, wcount, net_a, net_b, net_at, NET_WORKING, n_work, nb, wl_l)
-
-        for lane in range(nb):
-            r = r0 + lane
-            row = x[r]
-            clean = clean_l[lane]
-            zero = zero_l[lane]
-            gap = gap_l[lane]
-            bad = bad_l[lane]
-            cell_med = cell_med_l[lane]
+                dst[lane] = v if keep else inf
+                wcount[lane] += keep
+        _median_columns(wblock, wcount, net_a, net_b, net_at, NET_WORKING, n_work, lanes, wl_l)
+        for lane in range(lanes):
+            r = r0 + (lane if lane < nb else 0)
             wl = wl_l[lane]
             if np.isnan(wl):
                 wl = f32(0.0)
@@ -514,22 +578,197 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 if not np.isnan(rated) and rated < limit:
                     limit = rated
             limit_l[lane] = limit
-            # one pass: the clean row, the gap and flatline candidates, the row on the [weeks x slots] grid (+inf
-            # where no value, so it sorts last)
-            for i in range(n_cells):
-                cube[i] = inf
+            k_l[lane] = ip[r, I_MAX_WEEKS]
+            window_l[lane] = min(ip[r, I_STEP_WINDOW], t)
+            par[0, lane] = fp[r, F_CLIP]
+            par[1, lane] = fp[r, F_DRIFT_ALPHA]
+            par[2, lane] = fp[r, F_DRIFT_KEEP]  # float32(1 - alpha), rounded once as the reference does
+            par[3, lane] = fp[r, F_STEP_Z]
+            par[4, lane] = fp[r, F_DRIFT_Z]
+
+        # the clean batch (NaN: no value or out of range), in place; on the [weeks x slots] grid +inf where no
+        # value, so it sorts last
+        for c in range(n_cells):
+            row = cube[c]
+            for lane in range(lanes):
+                row[lane] = inf
+        for i in range(t):
+            src = xt[i]
+            dst = cube[cell[i]]  # a cell seen twice keeps its last column
+            for lane in range(lanes):
+                v = src[lane]
+                ok = (v >= 0) & (v <= limit_l[lane])
+                src[lane] = v if ok else nan
+                dst[lane] = v if ok else dst[lane]
+
+        # hour-of-week baseline: median and MAD of the same slot over the previous weeks; each week's MADs
+        # pooled (their median) by a network down the block's columns. Week 1 has one week behind it: each MAD
+        # is 0 (or NaN: no value), so their median is 0 without a network.
+        for s in range(slots):
+            row = cell_med[s]
+            for lane in range(lanes):
+                row[lane] = nan
+        most = 0
+        for lane in range(lanes):
+            most = max(most, k_l[lane])
+        for w in range(1, weeks):
+            same = True
+            for lane in range(lanes):
+                k_l[lane] = min(w, ip[r0 + (lane if lane < nb else 0), I_MAX_WEEKS])
+                same &= k_l[lane] == k_l[0]
+            meds = cell_med[w * slots:(w + 1) * slots]
+            mads = week_mad[w - 1]
+            if same:  # the usual case
+                _median_mad_weeks(cube, w, slots, min(k_l[0], 4), meds, mads)
+            else:  # meters that remember different numbers of weeks: each number in turn
+                for lane in range(lanes):
+                    done[lane] = False
+                for first_lane in range(lanes):
+                    k = k_l[first_lane]
+                    if done[first_lane]:
+                        continue
+                    _median_mad_weeks(cube, w, slots, min(k, 4), med_k, mad_k)
+                    for s in range(slots):
+                        for lane in range(lanes):
+                            mine = k_l[lane] == k
+                            meds[s, lane] = med_k[s, lane] if mine else meds[s, lane]
+                            mads[s, lane] = mad_k[s, lane] if mine else mads[s, lane]
+                    for lane in range(lanes):
+                        done[lane] |= k_l[lane] == k
+            if most > 4 and w > 4:  # a longer memory: those meters' medians of k > 4 weeks one by one
+                for lane in range(lanes):
+                    k = k_l[lane]
+                    if k <= 4:
+                        continue
+                    for s in range(slots):
+                        n = 0
+                        for w2 in range(w - k, w):
+                            v = cube[w2 * slots + s, lane]
+                            if v < np.inf:
+                                small[n] = v
+                                n += 1
+                        med, mad = _median_mad(small, n, srt, keys, hist)
+                        cell_med[w * slots + s, lane] = med
+                        mads[s, lane] = mad
+            for lane in range(lanes):
+                pcount[lane] = 0
+            for s in range(slots):
+                src = mads[s]
+                dst = pblock[s]
+                for lane in range(lanes):
+                    mad = src[lane]
+                    dst[lane] = inf if np.isnan(mad) else mad
+                    pcount[lane] += not np.isnan(mad)
+            if w == 1:
+                for lane in range(lanes):
+                    pooled[0, lane] = f32(0.0) if pcount[lane] > 0 else nan
+            else:
+                _median_columns(pblock, pcount, net_a, net_b, net_at, NET_SLOTS, slots, lanes, pooled[w - 1])
+        # the spread: the slot's MAD, at least the week's pooled MAD and a share of the level
+        for s in range(slots):
+            row = cell_spread[s]
+            for lane in range(lanes):
+                row[lane] = nan
+        for w in range(1, weeks):
+            pw = pooled[w - 1]
+            for s in range(slots):
+                mads = week_mad[w - 1, s]
+                meds = cell_med[w * slots + s]
+                dst = cell_spread[w * slots + s]
+                for lane in range(lanes):
+                    dst[lane] = _fmax(_fmax(mads[lane], pw[lane]), _fmax(f32(0.05) * abs(meds[lane]), f32(1e-3)))
+        # the baseline and z of every bucket
+        if cell_first >= 0:  # a regular axis: the buckets are one stretch of the grid, one vector down it
+            size = t * lanes
+            meds = cell_med.reshape(-1)[cell_first * lanes:cell_first * lanes + size]
+            spreads = cell_spread.reshape(-1)[cell_first * lanes:cell_first * lanes + size]
+            src = xt.reshape(-1)  # clean
+            e_flat = exp_bt.reshape(-1)
+            s_flat = sig_bt.reshape(-1)
+            z_flat = zt.reshape(-1)
+            for e in range(size):
+                sg = f32(1.4826) * spreads[e]
+                e_flat[e] = meds[e]
+                s_flat[e] = sg
+                z_flat[e] = (src[e] - meds[e]) / sg
+        else:
+            for i in range(t):
+                src = xt[i]  # clean
+                meds = cell_med[cell[i]]
+                spreads = cell_spread[cell[i]]
+                e_row = exp_bt[i]
+                s_row = sig_bt[i]
+                z_row = zt[i]
+                for lane in range(lanes):
+                    sg = f32(1.4826) * spreads[lane]
+                    e_row[lane] = meds[lane]
+                    s_row[lane] = sg
+                    z_row[lane] = (src[lane] - meds[lane]) / sg
+        _from_lanes(zt, z_rows)
+
+        # closed-hours level per slot of the day, apart for open and closed days, over the whole window: the
+        # median and MAD of every group of every meter by sorting networks down the block's columns, one per
+        # tier of groups of one size (a group of 8 samples needs no network for 20)
+        for g in range(n_groups):
+            for j in range(gsize[g]):
+                src = xt[gidx[j, g]]  # clean
+                dst = block[j, g * lanes:(g + 1) * lanes]
+                for lane in range(lanes):
+                    v = src[lane]
+                    dst[lane] = inf if np.isnan(v) else v
+        for q in range(tiers.shape[0]):
+            _median_mad_columns(block, cnt, gmed, net_a, net_b, net_at, NET_TIERS + 2 * q, tiers[q, 2],
+                                tiers[q, 0] * lanes, (tiers[q, 1] - tiers[q, 0]) * lanes)
+        # each meter's closed-hours level and MAD per kind from its columns of the block; the MADs pooled
+        for lane in range(lanes):
+            kcount[lane] = 0
+            for k in range(n_kinds):
+                k_med_l[lane, k] = nan
+                k_mad_l[lane, k] = nan
+        for g in range(n_groups):  # a kind has one group at most, so the groups' MADs are the kinds'
+            dst = kblock[g]
+            for lane in range(lanes):
+                c = g * lanes + lane
+                n = cnt[c]
+                mad = (block[(n - 1) // 2, c] + block[n // 2, c]) * f32(0.5) if n > 0 else nan
+                k_med_l[lane, group_kind[g]] = gmed[c]
+                k_mad_l[lane, group_kind[g]] = mad
+                dst[lane] = inf if np.isnan(mad) else mad
+                kcount[lane] += not np.isnan(mad)
+        _median_columns(kblock, kcount, net_a, net_b, net_at, NET_KINDS, n_groups, lanes, k_pooled)
+
+        # step and drift: the running sum, count and EWMA of the clipped z, the trailing window's mean, and
+        # where either is beyond its threshold; chains of dependent steps, all meters of the batch in one
+        uniform = True
+        for lane in range(lanes):
+            uniform &= window_l[lane] == window_l[0]
+        if uniform:
+            sustained_lanes(zt, cst, cnt_t, levelt, shortt, sust, any_sus, par, window_l[0])
+        else:
+            _sustained_scalar(zt, cst, cnt_t, levelt, shortt, sust, any_sus, par, window_l)
+
+        for lane in range(nb):
+            r = r0 + lane
+            row = x[r]
+            wl = wl_l[lane]
+            limit = limit_l[lane]
+            k_med = k_med_l[lane]
+            k_mad = k_mad_l[lane]
+            spike_z = fp[r, F_SPIKE_Z]
+            # one pass: the clean row, the gap and flatline candidates, |z| for the scores
             first = t  # the meter's first reading: missing before it is not a gap
             for i in range(t):
                 if not np.isnan(row[i]):
                     first = i
                     break
+            z_row = z_rows[lane]
             for i in range(t):  # no branch on the data: vector steps
                 v = row[i]
                 out_of_range = (v < 0) | (v > limit)
                 bad[i] = out_of_range
-                cv = nan if out_of_range else v
-                clean[i] = cv
+                clean[i] = nan if out_of_range else v
                 mask[i] = np.isnan(v) & (i >= first)
+                up[i] = _nan_to_num(z_row[i])
             if cumulative:  # zero, or an instantaneous value repeated exactly
                 for i in range(t):
                     zero[i] = abs(clean[i]) < f32(1e-9)
@@ -537,147 +776,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 zero[0] = False
                 for i in range(1, t):
                     zero[i] = clean[i] == clean[i - 1]
-            if cell_first >= 0:  # a regular axis: the row is one stretch of the grid (a slice: see _sort_columns)
-                stretch = cube[cell_first:cell_first + t]
-                for i in range(t):
-                    cv = clean[i]
-                    stretch[i] = inf if np.isnan(cv) else cv
-            else:
-                for i in range(t):
-                    if not np.isnan(clean[i]):
-                        cube[cell[i]] = clean[i]
             _keep_runs(mask, ip[r, I_GAP_BUCKETS], -1, gap)
-
-            # hour-of-week baseline: median and MAD of the same slot over the previous weeks; each week's MADs
-            # go to the batch's block, to be pooled (their median) all at once. Week 1 has one week behind it:
-            # each MAD is 0 (or NaN: no value), so their median is 0 without a network.
-            max_weeks = ip[r, I_MAX_WEEKS]
-            for s in range(slots):
-                cell_med[s] = nan
-            for w in range(1, weeks):
-                k = min(w, max_weeks)
-                week_mad = week_mad_l[lane, w - 1]
-                if k <= 4:  # the usual case: a branch-free sorting network over four weeks (missing ones +inf)
-                    _median_mad4(cube, (w - k) * slots, k, slots, cell_med[w * slots:(w + 1) * slots], week_mad)
-                else:
-                    for s in range(slots):
-                        n = 0
-                        for w2 in range(w - k, w):
-                            v = cube[w2 * slots + s]
-                            if v < np.inf:
-                                small[n] = v
-                                n += 1
-                        med, mad = _median_mad(small, n, srt, keys, hist)
-                        cell_med[w * slots + s] = med
-                        week_mad[s] = mad
-                if w == 1:
-                    n = 0
-                    for s in range(slots):
-                        n += not np.isnan(week_mad[s])
-                    pooled_l[lane * n_past] = f32(0.0) if n > 0 else nan
-                    continue
-                col = lane * n_blk + w - 2
-                n = 0
-                for s in range(slots):
-                    mad = week_mad[s]
-                    pblock[s, col] = inf if np.isnan(mad) else mad
-                    n += not np.isnan(mad)
-                pcount[col] = n
-        if weeks > 2:
-            _median_columns(pblock, pcount, net_a, net_b, net_at, NET_SLOTS, slots, nb * n_blk, pblock_med)
-            for lane in range(nb):
-                for w in range(2, weeks):
-                    pooled_l[lane * n_past + w - 1] = pblock_med[lane * n_blk + w - 2]
-
-        for lane in range(nb):
-            clean = clean_l[lane]
-            exp_b = exp_b_l[lane]
-            sig_b = sig_b_l[lane]
-            up = up_l[lane]
-            cell_med = cell_med_l[lane]
-            # the spread: the slot's MAD, at least the week's pooled MAD and a share of the level
-            for s in range(slots):
-                cell_spread[s] = nan
-            for w in range(1, weeks):
-                week_mad = week_mad_l[lane, w - 1]
-                pooled = pooled_l[lane * n_past + w - 1]
-                meds = cell_med[w * slots:(w + 1) * slots]
-                spreads = cell_spread[w * slots:(w + 1) * slots]
-                for s in range(slots):
-                    spreads[s] = _fmax(_fmax(week_mad[s], pooled), _fmax(f32(0.05) * abs(meds[s]), f32(1e-3)))
-            if cell_first >= 0:
-                med_run, spread_run = cell_med[cell_first:cell_first + t], cell_spread[cell_first:cell_first + t]
-                for i in range(t):
-                    exp_b[i] = med_run[i]
-                    sig_b[i] = spread_run[i]
-            else:
-                for i in range(t):
-                    exp_b[i] = cell_med[cell[i]]
-                    sig_b[i] = cell_spread[cell[i]]
-            for i in range(t):
-                sg = f32(1.4826) * sig_b[i]
-                sig_b[i] = sg
-                z = (clean[i] - exp_b[i]) / sg
-                zc_l[lane, i] = z
-                up[i] = _nan_to_num(z)
-            # closed-hours samples of this meter: its column of each group of the batch's [samples x groups x
-            # meters] block (+inf where no value)
-            for g in range(n_groups):
-                c = gcol[g] + lane * gstride[g]
-                for j in range(gsize[g]):
-                    v = clean[gidx[j, g]]
-                    block[j, c] = inf if np.isnan(v) else v
-
-        # closed-hours level per slot of the day, apart for open and closed days, over the whole window: the
-        # median and MAD of every group of every meter by sorting networks down the block's columns, one per
-        # tier of groups of one size (a group of 8 samples needs no network for 20)
-        for q in range(tiers.shape[0]):
-            c0 = tiers[q, 0] * lanes
-            _median_mad_columns(block, cnt, gmed, net_a, net_b, net_at, NET_TIERS + 2 * q, tiers[q, 2], c0,
-                                nb * (tiers[q, 1] - tiers[q, 0]))
-
-        # step and drift: the running sum and count of the clipped z (the trailing window's mean comes from
-        # them) and its EWMA. Each step waits on the last: four meters side by side keep the core busy.
-        for q in range(0, nb, 4):
-            _running_sums4(zc_l, cs_l, cn_l, level_l, fp, r0, q, min(4, nb - q))
-
-        # each meter's closed-hours level and MAD per kind from its columns of the block; the MADs pooled
-        for lane in range(nb):
-            k_med = k_med_l[lane]
-            k_mad = k_mad_l[lane]
             for k in range(n_kinds):
-                k_med[k] = nan
-                k_mad[k] = nan
-            n_mad = 0
-            for g in range(n_groups):  # a kind has one group at most, so the groups' MADs are the kinds'
-                c = gcol[g] + lane * gstride[g]
-                n = cnt[c]
-                mad = (block[(n - 1) // 2, c] + block[n // 2, c]) * f32(0.5) if n > 0 else nan
-                k_med[group_kind[g]] = gmed[c]
-                k_mad[group_kind[g]] = mad
-                kblock[g, lane] = inf if np.isnan(mad) else mad
-                n_mad += not np.isnan(mad)
-            kcount[lane] = n_mad
-        _median_columns(kblock, kcount, net_a, net_b, net_at, NET_KINDS, n_groups, nb, k_pooled_l)
-
-        for lane in range(nb):
-            r = r0 + lane
-            row = x[r]
-            clean = clean_l[lane]
-            exp_b = exp_b_l[lane]
-            sig_b = sig_b_l[lane]
-            up = up_l[lane]
-            zero = zero_l[lane]
-            gap = gap_l[lane]
-            bad = bad_l[lane]
-            wl = wl_l[lane]
-            limit = limit_l[lane]
-            k_med = k_med_l[lane]
-            k_mad = k_mad_l[lane]
-            pooled = k_pooled_l[lane]
-            spike_z = fp[r, F_SPIKE_Z]
-            for k in range(n_kinds):
-                k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], pooled), f32(0.02) * abs(k_med[k]))
+                k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], k_pooled[lane]), f32(0.02) * abs(k_med[k]))
             # each column's closed-hours kind: runs of consecutive columns of consecutive kinds, copied
             for q in range(kind_runs.shape[0]):
                 start, length, kind0 = kind_runs[q, 0], kind_runs[q, 1], kind_runs[q, 2]
@@ -692,7 +793,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             flat_min = fp[r, F_FLAT_MIN_REL] * wl
             for i in range(t if any_flat else 0):
                 if flat[i]:
-                    e = exp_b[i] if working[i] else exp_c[i]
+                    e = exp_bt[i, lane] if working[i] else exp_c[i]
                     if np.isnan(e):
                         e = wl
                     flat[i] = e > flat_min
@@ -711,53 +812,35 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                         if not np.isnan(v):
                             small[n] = v
                             n += 1
-                    contrast = (clean[i] - _median(small, n, keys, hist)) / sig_b[i]
+                    contrast = (clean[i] - _median(small, n, keys, hist)) / sig_bt[i, lane]
                     mask[i] = _nan_to_num(contrast) > half
             _keep_runs(mask, 1, ip[r, I_SPIKE_MAX], spike)
 
-            # step and drift: this meter's column of the running sums
-            cs = cs_l[lane]
-            cn = cn_l[lane]
-            level_a = level_l[lane]
-            window = min(ip[r, I_STEP_WINDOW], t)
+            # step and drift: runs of the sustained mask that last, reach into working hours, and are not a gap,
+            # flatline or spike seen from afar
+            window = window_l[lane]
             step_z = fp[r, F_STEP_Z]
             drift_z = fp[r, F_DRIFT_Z]
-            # the trailing window's mean: no chain, vector steps (the first ``window`` buckets see a shorter window)
-            for i in range(window):
-                count = cn[i + 1]
-                short0[i] = f32(cs[i + 1] / count) if count > 0 else f32(0.0)
-            # (over slices, with the count made float64 first: so numba's loop vectorizes, the division too)
-            cs_hi, cs_lo, cn_hi, cn_lo = cs[window + 1:], cs[1:t + 1 - window], cn[window + 1:], cn[1:t + 1 - window]
-            tail = short0[window:]
-            for i in range(t - window):
-                count = cn_hi[i] - cn_lo[i]
-                sh = (cs_hi[i] - cs_lo[i]) / np.float64(count)
-                tail[i] = f32(sh) if count > 0 else f32(0.0)
-            any_sustained = False
             for i in range(t):
-                sus = (abs(short0[i]) > step_z) | (abs(level_a[i]) > drift_z)
-                sustained[i] = sus
-                any_sustained |= sus
                 step_f[i] = False
                 drift_f[i] = False
-            i = 0 if any_sustained else t  # no run to walk
+            i = 0 if any_sus[lane] else t  # no run to walk
             min_len = ip[r, I_MIN_SUSTAINED]
             while i < t:
-                if not sustained[i]:
+                if not sust[i, lane]:
                     i += 1
                     continue
                 s = i
-                while i < t and sustained[i]:
+                while i < t and sust[i, lane]:
                     i += 1
                 e = i
-                # a level change lasts, reaches into working hours, and is not a gap, flatline or spike seen from afar
                 others = 0
                 for j in range(s, e):
                     others += gap[j] | flat[j] | spike[j] | bad[j]
                 overlap = others / max(e - s, 1)
                 if e - s >= min_len and overlap < 0.3 and open_cum[e] > open_cum[s]:
                     onset = min(s + window - 1, t - 1)
-                    if abs(short0[onset]) > step_z:
+                    if abs(shortt[onset, lane]) > step_z:
                         for j in range(max(s - window + 1, 0), e):
                             step_f[j] = True
                     else:
@@ -787,7 +870,8 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 score_row[i] = min(abs(up[i]) / spike_z, f32(0.999))
             if with_expected:
                 for i in range(t):
-                    expected_out[r, i] = exp_c[i] if not working[i] else (wl if np.isnan(exp_b[i]) else exp_b[i])
+                    e = exp_bt[i, lane]
+                    expected_out[r, i] = exp_c[i] if not working[i] else (wl if np.isnan(e) else e)
                     excess_out[r, i] = f32(0.0)
             for i in range(first_hit, last_hit + 1):
                 if not mask[i]:
@@ -822,10 +906,10 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 if k < 0:
                     if step_f[i]:
                         k = STEP
-                        sc = abs(short0[i]) / step_z
+                        sc = abs(shortt[i, lane]) / step_z
                     elif drift_f[i]:
                         k = DRIFT
-                        sc = abs(level_a[i]) / drift_z
+                        sc = abs(levelt[i, lane]) / drift_z
                     elif has_peak and cv * kw_factor > contracted:
                         k = PEAK
                         sc = cv * kw_factor / contracted

@@ -8,10 +8,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
-from analytics import kernel
+from analytics import kernel, simd
 from analytics.detectors import DetectorParams, _layout, detect, params_for, selection_network, sorting_network
 from analytics.reference import reference_detect
 from bems.calendar import default_calendar
@@ -144,3 +145,79 @@ def test_kernel_median_is_the_sorted_middle(case: str) -> None:
         with np.errstate(over="ignore"):
             want = (s[(n - 1) // 2] + s[n // 2]) * np.float32(0.5)
         assert kernel._median(v.copy(), n, work, hist) == want, (case, n)
+
+
+def test_meters_of_one_batch_with_their_own_memory_and_window_type_as_when_alone() -> None:
+    """Per-meter weeks of memory and step windows: a batch mixing them takes the kernel's slower paths (each
+    number of weeks in turn, the running statistics meter by meter); each meter must come out as it does in a
+    batch of its own kind, which takes the vector paths."""
+    times = np.datetime64("2026-10-03T20:30") + np.arange(1100) * np.timedelta64(3600, "s")
+    masks = default_calendar().bucket_masks(times, np.timedelta64(3600, "s"))
+    m = 90
+    x = matrix(m, times.size, masks, seed=9)
+    x[:30, 700:] *= 1.5  # a step up
+    x[30:40, 400:420] = 0  # stuck
+    rng = np.random.default_rng(9)
+    weeks = rng.choice([1, 2, 3, 4, 6], m)
+    window = rng.choice([6, 12, 30], m)
+    mixed = detect(x, masks=masks, step_minutes=60, with_expected=True,
+                   params=DetectorParams(max_weeks=weeks, step_window=window))  # type: ignore[arg-type]
+    for w in np.unique(weeks):
+        for s in np.unique(window):
+            rows = np.flatnonzero((weeks == w) & (window == s))
+            if rows.size == 0:
+                continue
+            alone = detect(x[rows], masks=masks, step_minutes=60, with_expected=True,
+                           params=DetectorParams(max_weeks=int(w), step_window=int(s)))
+            np.testing.assert_array_equal(mixed.kind[rows], alone.kind)
+            np.testing.assert_array_equal(mixed.score[rows], alone.score)
+            np.testing.assert_array_equal(mixed.expected[rows], alone.expected)  # type: ignore[index]
+    assert (mixed.type_names() == "step").any()
+
+
+@pytest.mark.parametrize(("meters", "buckets"), [(32, 672), (7, 672), (32, 50), (19, 3)])
+def test_a_batch_turned_side_by_side_and_back_is_the_matrix(meters: int, buckets: int) -> None:
+    """The 16 x 16 register transposes (and the element copies of a partial batch or a short tail)."""
+    rng = np.random.default_rng(meters * buckets)
+    x = rng.standard_normal((meters + 5, buckets)).astype(np.float32)
+    xt = np.empty((buckets, simd.LANES), np.float32)
+    kernel._to_lanes(x, 5, meters, xt)
+    np.testing.assert_array_equal(xt[:, :meters], x[5:].T)
+    np.testing.assert_array_equal(xt[:, meters:], np.repeat(x[5:6].T, simd.LANES - meters, axis=1))
+    back = np.empty((simd.LANES, buckets), np.float32)
+    kernel._from_lanes(xt, back)
+    np.testing.assert_array_equal(back, xt.T)
+
+
+@numba.njit
+def _sustained_lanes(*args):  # type: ignore[no-untyped-def]  # an intrinsic is called from compiled code only
+    simd.sustained_lanes(*args)
+
+
+def test_running_statistics_of_32_meters_in_vector_registers_equal_the_loop() -> None:
+    """``simd.sustained_lanes`` against ``kernel._sustained_scalar`` (the same steps, meter by meter): running sum
+    and count of the clipped z, its EWMA, the trailing mean and the sustained mask, bit for bit, with NaN (no
+    news), infinite z and per-meter parameters."""
+    rng = np.random.default_rng(4)
+    t, lanes = 500, simd.LANES
+    z = (rng.standard_normal((t, lanes)) * 3).astype(np.float32)
+    z[rng.random((t, lanes)) < 0.05] = np.nan
+    z[rng.random((t, lanes)) < 0.01] = np.inf
+    z[:40, 3] = np.nan  # a meter silent at first
+    z[200:, 7] += 2.5  # a level change
+    alpha = rng.uniform(0.005, 0.2, lanes).astype(np.float32)
+    par = np.stack([rng.uniform(2, 6, lanes), alpha, (1 - alpha.astype(np.float64)).astype(np.float32),
+                    rng.uniform(1, 4, lanes), rng.uniform(0.5, 2, lanes)]).astype(np.float32)
+    outs = []
+    for vector in (True, False):
+        out = (np.empty((t + 1, lanes)), np.empty((t + 1, lanes), np.int32), np.empty((t, lanes), np.float32),
+               np.empty((t, lanes), np.float32), np.empty((t, lanes), np.bool_), np.empty(lanes, np.bool_))
+        if vector:
+            _sustained_lanes(z, *out, par, 12)
+        else:
+            kernel._sustained_scalar(z, *out, par, np.full(lanes, 12, np.int64))
+        outs.append(out)
+    for got, want in zip(*outs, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert outs[0][4][:, 7].any() and not outs[0][4].all()
+    np.testing.assert_array_equal(outs[0][5], outs[0][4].any(axis=0))
