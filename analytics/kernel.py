@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from analytics.simd import LANES, sustained_lanes, transpose16
+from analytics.simd import LANES, copy_lanes_inf, sustained_lanes, transpose16
 
 # columns of the float parameter table, one row per meter
 F_SPIKE_Z, F_WASTE_Z, F_WASTE_REL, F_TARGET_REL, F_FLAT_MIN_REL, F_STEP_Z, F_DRIFT_ALPHA, F_DRIFT_KEEP, F_DRIFT_Z, \
@@ -500,8 +500,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     cell_med = np.empty((n_cells, lanes), np.float32)
     cell_spread = np.empty((n_cells, lanes), np.float32)
     week_mad = np.empty((n_past, slots, lanes), np.float32)
-    exp_bt = np.empty((t, lanes), np.float32)
-    sig_bt = np.empty((t, lanes), np.float32)
     zt = np.empty((t, lanes), np.float32)
     cst = np.empty((t + 1, lanes), np.float64)
     cnt_t = np.empty((t + 1, lanes), np.int32)
@@ -677,45 +675,34 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 dst = cell_spread[w * slots + s]
                 for lane in range(lanes):
                     dst[lane] = _fmax(_fmax(mads[lane], pw[lane]), _fmax(f32(0.05) * abs(meds[lane]), f32(1e-3)))
-        # the baseline and z of every bucket
+        # z of every bucket against its baseline (cell_med and cell_spread, looked up by cell again where the
+        # few candidates need them)
         if cell_first >= 0:  # a regular axis: the buckets are one stretch of the grid, one vector down it
             size = t * lanes
             meds = cell_med.reshape(-1)[cell_first * lanes:cell_first * lanes + size]
             spreads = cell_spread.reshape(-1)[cell_first * lanes:cell_first * lanes + size]
             src = xt.reshape(-1)  # clean
-            e_flat = exp_bt.reshape(-1)
-            s_flat = sig_bt.reshape(-1)
             z_flat = zt.reshape(-1)
             for e in range(size):
-                sg = f32(1.4826) * spreads[e]
-                e_flat[e] = meds[e]
-                s_flat[e] = sg
-                z_flat[e] = (src[e] - meds[e]) / sg
+                z_flat[e] = (src[e] - meds[e]) / (f32(1.4826) * spreads[e])
         else:
             for i in range(t):
                 src = xt[i]  # clean
                 meds = cell_med[cell[i]]
                 spreads = cell_spread[cell[i]]
-                e_row = exp_bt[i]
-                s_row = sig_bt[i]
                 z_row = zt[i]
                 for lane in range(lanes):
-                    sg = f32(1.4826) * spreads[lane]
-                    e_row[lane] = meds[lane]
-                    s_row[lane] = sg
-                    z_row[lane] = (src[lane] - meds[lane]) / sg
+                    z_row[lane] = (src[lane] - meds[lane]) / (f32(1.4826) * spreads[lane])
         _from_lanes(zt, z_rows)
 
         # closed-hours level per slot of the day, apart for open and closed days, over the whole window: the
         # median and MAD of every group of every meter by sorting networks down the block's columns, one per
         # tier of groups of one size (a group of 8 samples needs no network for 20)
+        xt_flat = xt.reshape(-1)
+        block_flat = block.reshape(-1)
         for g in range(n_groups):
-            for j in range(gsize[g]):
-                src = xt[gidx[j, g]]  # clean
-                dst = block[j, g * lanes:(g + 1) * lanes]
-                for lane in range(lanes):
-                    v = src[lane]
-                    dst[lane] = inf if np.isnan(v) else v
+            for j in range(gsize[g]):  # clean, +inf where missing
+                copy_lanes_inf(xt_flat, gidx[j, g] * lanes, block_flat, j * block.shape[1] + g * lanes)
         for q in range(tiers.shape[0]):
             _median_mad_columns(block, cnt, gmed, net_a, net_b, net_at, NET_TIERS + 2 * q, tiers[q, 2],
                                 tiers[q, 0] * lanes, (tiers[q, 1] - tiers[q, 0]) * lanes)
@@ -793,7 +780,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             flat_min = fp[r, F_FLAT_MIN_REL] * wl
             for i in range(t if any_flat else 0):
                 if flat[i]:
-                    e = exp_bt[i, lane] if working[i] else exp_c[i]
+                    e = cell_med[cell[i], lane] if working[i] else exp_c[i]
                     if np.isnan(e):
                         e = wl
                     flat[i] = e > flat_min
@@ -812,7 +799,8 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                         if not np.isnan(v):
                             small[n] = v
                             n += 1
-                    contrast = (clean[i] - _median(small, n, keys, hist)) / sig_bt[i, lane]
+                    sg = f32(1.4826) * cell_spread[cell[i], lane]
+                    contrast = (clean[i] - _median(small, n, keys, hist)) / sg
                     mask[i] = _nan_to_num(contrast) > half
             _keep_runs(mask, 1, ip[r, I_SPIKE_MAX], spike)
 
@@ -870,7 +858,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 score_row[i] = min(abs(up[i]) / spike_z, f32(0.999))
             if with_expected:
                 for i in range(t):
-                    e = exp_bt[i, lane]
+                    e = cell_med[cell[i], lane]
                     expected_out[r, i] = exp_c[i] if not working[i] else (wl if np.isnan(e) else e)
                     excess_out[r, i] = f32(0.0)
             for i in range(first_hit, last_hit + 1):

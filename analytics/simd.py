@@ -145,3 +145,25 @@ def sustained_lanes(typingctx: Any, zt: Any, cst: Any, cnt: Any, levelt: Any, sh
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def copy_lanes_inf(typingctx: Any, src: Any, src_off: Any, dst: Any, dst_off: Any) -> Any:
+    """dst[dst_off:dst_off + 32] = src[src_off:src_off + 32] with NaN as +inf (flat float32 arrays): one row of a
+    batch into a sorting block, where a missing value must sort last. A loop of 32 would be unrolled and left
+    scalar (see ``analytics.kernel``)."""
+    if not (isinstance(src, types.Array) and isinstance(dst, types.Array)
+            and src.dtype == types.float32 and dst.dtype == types.float32):
+        return None
+    sig = types.void(src, src_off, dst, dst_off)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        s = context.make_array(signature.args[0])(context, builder, args[0])
+        d = context.make_array(signature.args[2])(context, builder, args[2])
+        vty = ir.VectorType(ir.FloatType(), LANES)
+        v = builder.load(builder.bitcast(builder.gep(s.data, [args[1]]), vty.as_pointer()), align=4)
+        v = builder.select(builder.fcmp_unordered("uno", v, v), ir.Constant(vty, [float("inf")] * LANES), v)
+        builder.store(v, builder.bitcast(builder.gep(d.data, [args[3]]), vty.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
