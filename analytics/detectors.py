@@ -3,9 +3,9 @@
 Every detector flags buckets and scores them (the statistic divided by its threshold, so a score >= 1 is an
 anomaly). ``detect`` runs them all and gives every bucket one type, by priority. Parameters are documented in
 :class:`DetectorParams`; each may be a scalar or an array of shape [meters] to tune a meter on its own.
-The work is one compiled sweep per meter (``analytics.kernel``), blocks of meters on every core, so memory stays
-the input plus the outputs; ``analytics.reference`` states the same detectors in numpy, and the tests hold the
-two to the same result.
+The work is compiled (``analytics.kernel``): batches of 32 meters side by side, blocks of meters on every core,
+so memory stays the input plus the outputs; ``analytics.reference`` states the same detectors in numpy, and the
+tests hold the two to the same result.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The detector pass compiled (numba): every detector over batches of meters, no per-meter Python.
 
 The numpy formulation (``analytics.reference``) makes ~150 passes over the whole matrix and its temporaries; here
-a batch of ``LANES`` meters stays in the CPU caches while every detector reads it, about 7 ns of CPU per bucket
+a batch of ``LANES`` meters stays in the CPU caches while every detector reads it, about 6 ns of CPU per bucket
 (bench/analytics.py). A batch is first held side by side, [buckets x meters] (``analytics.simd`` turns it), so
 that each step along time is one vector operation across the meters: the working level, the hour-of-week
 baseline (median and MAD of each slot over the previous weeks: a branch-free sorting network of four), z, the
