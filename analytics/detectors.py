@@ -14,13 +14,13 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
-from functools import lru_cache
 
 import numpy as np
 
 from analytics import kernel
 from analytics.baseline import week_grid
 from analytics.kernel import detect_rows
+from analytics.networks import network
 from bems.calendar import CalendarMasks
 
 # priority order: the first flagged type names the bucket
@@ -183,56 +183,17 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     work_cols = np.flatnonzero(working).astype(np.int64)
     # the kernel's sorting networks, one after the other (kernel.NET_*), each in full and pruned to the median:
     # the working-hours values, the slots of a week, the closed-hours groups' MADs, each tier of those groups
-    nets = [net for n in (work_cols.size, grid.slots, group_kind.size, *sizes[tier_at])
-            for net in (sorting_network(int(n)), selection_network(int(n)))]
-    pairs = np.array([p for net in nets for p in net], dtype=np.int64).reshape(-1, 2)
-    net_at = np.cumsum([0] + [len(net) for net in nets]).astype(np.int64)
+    nets = [network(int(n), pruned) for n in (work_cols.size, grid.slots, group_kind.size, *sizes[tier_at])
+            for pruned in (False, True)]
+    pairs = np.array([p for net, _ in nets for p in net], dtype=np.int64).reshape(-1, 2)
+    net_at = np.cumsum([0] + [len(net) for net, _ in nets]).astype(np.int64)
+    net_skip = np.array([skip for _, skip in nets], dtype=np.int64)
     # columns whose kind goes up by one from one to the next form a run (a day's slots): the kernel copies runs
     starts = np.flatnonzero(np.diff(col_kind, prepend=-2) != 1)
     kind_runs = np.stack([starts, np.diff(starts, append=col_kind.size), col_kind[starts]], axis=1).astype(np.int64)
     return (working, work_cols, open_day, open_cum, cell, cell_first, grid.slots, grid.weeks, kind_runs, gidx,
             group_kind.astype(np.int64), tiers, 2 * per_day, np.ascontiguousarray(pairs[:, 0]),
-            np.ascontiguousarray(pairs[:, 1]), net_at)
-
-
-@lru_cache(maxsize=64)
-def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
-    """Comparators (i < j) of Batcher's odd-even merge sort for n inputs (padded to a power of two, pruned).
-
-    Kept once made: a network of a few thousand comparators takes milliseconds of Python to build.
-    """
-    size = 1
-    while size < n:
-        size *= 2
-    pairs = []
-    p = 1
-    while p < size:
-        k = p
-        while k >= 1:
-            for j in range(k % p, size - k, 2 * k):
-                for i in range(min(k, size - j - k)):
-                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
-                        pairs.append((i + j, i + j + k))
-            k //= 2
-        p *= 2
-    # the padding sits at the end and is +inf: a comparator reaching into it never swaps
-    return tuple((a, b) for a, b in pairs if b < n)
-
-
-@lru_cache(maxsize=64)
-def selection_network(n: int) -> tuple[tuple[int, int], ...]:
-    """The comparators of ``sorting_network(n)`` that put the middle ranks in place for any n - SELECT_SLACK to n
-    values (the rest +inf): the medians need no full sort. Pruned from the last comparator back: one is kept
-    when it writes a rank still wanted, and then both of its inputs are wanted.
-    """
-    least = max(n - kernel.SELECT_SLACK, 1)
-    wanted = set(range((least - 1) // 2, n // 2 + 1))
-    kept = []
-    for a, b in reversed(sorting_network(n)):
-        if a in wanted or b in wanted:
-            kept.append((a, b))
-            wanted |= {a, b}
-    return tuple(reversed(kept))
+            np.ascontiguousarray(pairs[:, 1]), net_at, net_skip)
 
 
 def _param_tables(p: DetectorParams, m: int, rated: np.ndarray | None,

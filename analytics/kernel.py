@@ -23,7 +23,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from analytics.simd import LANES, copy_lanes_inf, sustained_lanes, transpose16
+from analytics.networks import BLOCK, SELECT_SLACK
+from analytics.simd import LANES, copy_lanes_inf, sort_blocks, sustained_lanes, transpose16
 
 # columns of the float parameter table, one row per meter
 F_SPIKE_Z, F_WASTE_Z, F_WASTE_REL, F_TARGET_REL, F_FLAT_MIN_REL, F_STEP_Z, F_DRIFT_ALPHA, F_DRIFT_KEEP, F_DRIFT_Z, \
@@ -38,11 +39,11 @@ NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, 
 
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 _BUCKETS = 128  # of each round of a bucket select
-# the sorting networks the kernel is given (one array of comparators, net_at[i] the first of each): for each of
-# these, the full network at i and at i + 1 the one pruned to the middle ranks of SELECT_SLACK fewer values or none
-# fewer (a median needs no full sort: ~18% fewer comparators); then those of each tier of closed-hours groups
+# the sorting networks the kernel is given (one array of comparators, net_at[i] the first of each, the first
+# net_skip[i] of them done by sorting blocks in registers; see analytics.networks): for each of these, the full
+# network at i and at i + 1 the one pruned to the middle ranks of SELECT_SLACK fewer values or none fewer; then
+# those of each tier of closed-hours groups
 NET_WORKING, NET_SLOTS, NET_KINDS, NET_TIERS = range(0, 8, 2)
-SELECT_SLACK = 8
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -230,7 +231,7 @@ def _sort_columns(block: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, first
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _select_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, net_at: np.ndarray,
-                    net: int, n_full: int, col0: int, width: int) -> None:
+                    net_skip: np.ndarray, net: int, n_full: int, col0: int, width: int) -> None:
     """Put the middle ranks of the first count[c] values of columns col0..col0+width-1 in place (the rest +inf):
     by network ``net`` pruned to them when every column holds at least ``n_full - SELECT_SLACK`` values, else by
     the full one. The other rows then hold the column's other values, in no order."""
@@ -238,15 +239,21 @@ def _select_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net
     for c in count[col0:col0 + width]:
         least = min(least, c)
     which = net + 1 if least >= n_full - SELECT_SLACK else net
-    _sort_columns(block, net_a, net_b, net_at[which], net_at[which + 1], col0, width)
+    first = net_at[which]
+    skip = net_skip[which]
+    vector = width - width % 16
+    if skip > 0:  # the first stages in registers; columns past the last 16 through memory
+        sort_blocks(block, n_full // BLOCK, col0, vector)
+        _sort_columns(block, net_a, net_b, first, first + skip, col0 + vector, width - vector)
+    _sort_columns(block, net_a, net_b, first + skip, net_at[which + 1], col0, width)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _median_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net_b: np.ndarray, net_at: np.ndarray,
-                    net: int, n_full: int, width: int, out: np.ndarray) -> None:
+                    net_skip: np.ndarray, net: int, n_full: int, width: int, out: np.ndarray) -> None:
     """out[c] = median of the first count[c] values of column c of ``block`` (the rest +inf: they sort last) as
     (lower middle + upper middle) / 2, NaN if none (see ``_select_columns``)."""
-    _select_columns(block, count, net_a, net_b, net_at, net, n_full, 0, width)
+    _select_columns(block, count, net_a, net_b, net_at, net_skip, net, n_full, 0, width)
     for c in range(width):
         n = count[c]
         out[c] = (block[(n - 1) // 2, c] + block[n // 2, c]) * np.float32(0.5) if n > 0 else np.float32(np.nan)
@@ -254,7 +261,7 @@ def _median_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _median_mad_columns(block: np.ndarray, count: np.ndarray, med: np.ndarray, net_a: np.ndarray, net_b: np.ndarray,
-                        net_at: np.ndarray, net: int, size: int, col0: int, width: int) -> None:
+                        net_at: np.ndarray, net_skip: np.ndarray, net: int, size: int, col0: int, width: int) -> None:
     """Median (to med[c]) and MAD (left in the block's middle rows) of the values of columns col0..col0+width-1
     of the first ``size`` rows of ``block`` (+inf: none; count[c] is set to the number of the others)."""
     inf = np.float32(np.inf)
@@ -268,7 +275,7 @@ def _median_mad_columns(block: np.ndarray, count: np.ndarray, med: np.ndarray, n
         row = block[j, col0:col1]
         for c in range(width):
             cnt[c] += row[c] < inf
-    _select_columns(block, count, net_a, net_b, net_at, net, size, col0, width)
+    _select_columns(block, count, net_a, net_b, net_at, net_skip, net, size, col0, width)
     for c in range(width):
         n = cnt[c]
         mid[c] = (block[(n - 1) // 2, col0 + c] + block[n // 2, col0 + c]) * np.float32(0.5) if n > 0 else nan
@@ -277,7 +284,7 @@ def _median_mad_columns(block: np.ndarray, count: np.ndarray, med: np.ndarray, n
         for c in range(width):
             v = row[c]
             row[c] = abs(v - mid[c]) if v < inf else inf
-    _select_columns(block, count, net_a, net_b, net_at, net, size, col0, width)
+    _select_columns(block, count, net_a, net_b, net_at, net_skip, net, size, col0, width)
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -467,10 +474,10 @@ def _sustained_scalar(zt: np.ndarray, cst: np.ndarray, cnt: np.ndarray, levelt: 
 def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols: np.ndarray, open_day: np.ndarray,
                 open_cum: np.ndarray, cell: np.ndarray, cell_first: int, slots: int, weeks: int,
                 kind_runs: np.ndarray, gidx: np.ndarray, group_kind: np.ndarray, tiers: np.ndarray, n_kinds: int,
-                net_a: np.ndarray, net_b: np.ndarray, net_at: np.ndarray, fp: np.ndarray, ip: np.ndarray,
-                has_target: bool, has_peak: bool, has_rated: bool, cumulative: bool, kw_factor: np.float32,
-                kind_out: np.ndarray, score_out: np.ndarray, expected_out: np.ndarray, excess_out: np.ndarray,
-                with_expected: bool, lanes: int) -> None:
+                net_a: np.ndarray, net_b: np.ndarray, net_at: np.ndarray, net_skip: np.ndarray, fp: np.ndarray,
+                ip: np.ndarray, has_target: bool, has_peak: bool, has_rated: bool, cumulative: bool,
+                kw_factor: np.float32, kind_out: np.ndarray, score_out: np.ndarray, expected_out: np.ndarray,
+                excess_out: np.ndarray, with_expected: bool, lanes: int) -> None:
     """Every detector for meters lo..hi-1 of ``x`` [M, T]; writes kind/score (and expected/excess) rows.
 
     Meters go in batches of ``lanes`` (= ``LANES``, given at run time so the loops across a batch vectorize; see
@@ -563,7 +570,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 keep = v >= 0  # NaN fails too
                 dst[lane] = v if keep else inf
                 wcount[lane] += keep
-        _median_columns(wblock, wcount, net_a, net_b, net_at, NET_WORKING, n_work, lanes, wl_l)
+        _median_columns(wblock, wcount, net_a, net_b, net_at, net_skip, NET_WORKING, n_work, lanes, wl_l)
         for lane in range(lanes):
             r = r0 + (lane if lane < nb else 0)
             wl = wl_l[lane]
@@ -661,7 +668,8 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 for lane in range(lanes):
                     pooled[0, lane] = f32(0.0) if pcount[lane] > 0 else nan
             else:
-                _median_columns(pblock, pcount, net_a, net_b, net_at, NET_SLOTS, slots, lanes, pooled[w - 1])
+                _median_columns(pblock, pcount, net_a, net_b, net_at, net_skip, NET_SLOTS, slots, lanes,
+                                pooled[w - 1])
         # the spread: the slot's MAD, at least the week's pooled MAD and a share of the level
         for s in range(slots):
             row = cell_spread[s]
@@ -704,7 +712,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             for j in range(gsize[g]):  # clean, +inf where missing
                 copy_lanes_inf(xt_flat, gidx[j, g] * lanes, block_flat, j * block.shape[1] + g * lanes)
         for q in range(tiers.shape[0]):
-            _median_mad_columns(block, cnt, gmed, net_a, net_b, net_at, NET_TIERS + 2 * q, tiers[q, 2],
+            _median_mad_columns(block, cnt, gmed, net_a, net_b, net_at, net_skip, NET_TIERS + 2 * q, tiers[q, 2],
                                 tiers[q, 0] * lanes, (tiers[q, 1] - tiers[q, 0]) * lanes)
         # each meter's closed-hours level and MAD per kind from its columns of the block; the MADs pooled
         for lane in range(lanes):
@@ -722,7 +730,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 k_mad_l[lane, group_kind[g]] = mad
                 dst[lane] = inf if np.isnan(mad) else mad
                 kcount[lane] += not np.isnan(mad)
-        _median_columns(kblock, kcount, net_a, net_b, net_at, NET_KINDS, n_groups, lanes, k_pooled)
+        _median_columns(kblock, kcount, net_a, net_b, net_at, net_skip, NET_KINDS, n_groups, lanes, k_pooled)
 
         # step and drift: the running sum, count and EWMA of the clipped z, the trailing window's mean, and
         # where either is beyond its threshold; chains of dependent steps, all meters of the batch in one

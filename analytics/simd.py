@@ -1,10 +1,12 @@
 """Explicit vector code for the detector kernel (``analytics.kernel``) where numba's loops do not vectorize.
 
 The kernel holds a batch of meters as [buckets x 32 meters] blocks, so that a step along time is one vector
-operation across the meters. Two things numba does not generate from loops: moving a batch between that layout
-and the matrix's [meters x buckets] rows (16 x 16 transposes in registers: 2.4x faster than element copies), and
+operation across the meters. Three things numba does not generate from loops: moving a batch between that layout
+and the matrix's [meters x buckets] rows (16 x 16 transposes in registers: 2.4x faster than element copies),
 chains of dependent steps along time kept in vector registers (the running sum and EWMA of z, the trailing mean
-and the sustained mask: a third of the CPU of four scalar chains side by side). Each is LLVM IR emitted through
+and the sustained mask: a third of the CPU of four scalar chains side by side), and the first stages of a
+sorting network in registers (through memory every comparator stores two rows, and stores are what a network
+waits on). Each is LLVM IR emitted through
 ``numba.extending.intrinsic``; the arithmetic is the scalar code's, operation for operation, with no fast-math
 flags, so results are bit-identical (``tests/test_detect_kernel.py`` checks both against plain loops).
 
@@ -20,6 +22,8 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from analytics.networks import BLOCK, sorting_network
 
 LANES = 32  # meters per batch: two AVX-512 vectors of float32 (64 measured no faster)
 _I64 = ir.IntType(64)
@@ -167,3 +171,43 @@ def copy_lanes_inf(typingctx: Any, src: Any, src_off: Any, dst: Any, dst_off: An
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def sort_blocks(typingctx: Any, block: Any, nblocks: Any, col0: Any, width: Any) -> Any:
+    """Sort ascending, down each column, every aligned block of ``BLOCK`` rows among the first nblocks * BLOCK rows
+    of columns col0 .. col0 + width - 1 (width a multiple of 16) of a C-contiguous float32 [rows, cols] block.
+
+    Per block and 16 columns: 16 row vectors loaded, Batcher's network of 16 applied in registers, 16 stored.
+    Each comparator is the kernel's: the smaller value (``a if a < b else b``) to the upper row.
+    """
+    if not (isinstance(block, types.Array) and block.dtype == types.float32 and block.ndim == 2):
+        return None
+    sig = types.void(block, nblocks, col0, width)
+    comparators = sorting_network(BLOCK)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        b = context.make_array(signature.args[0])(context, builder, args[0])
+        stride = builder.extract_value(b.shape, 1)
+        vty = ir.VectorType(ir.FloatType(), 16)
+        groups = builder.sdiv(args[3], ir.Constant(_I64, 16))
+        with cgutils.for_range(builder, args[1]) as blocks:
+            top = builder.mul(builder.mul(blocks.index, ir.Constant(_I64, BLOCK)), stride)
+            with cgutils.for_range(builder, groups) as cols:
+                base = builder.add(top, builder.add(args[2], builder.mul(cols.index, ir.Constant(_I64, 16))))
+                ptrs = [_row(builder, b, builder.add(base, builder.mul(stride, ir.Constant(_I64, r))), vty)
+                        for r in range(BLOCK)]
+                rows = [builder.load(ptr, align=4) for ptr in ptrs]
+                for i, j in comparators:
+                    less = builder.fcmp_ordered("<", rows[i], rows[j])
+                    rows[i], rows[j] = builder.select(less, rows[i], rows[j]), builder.select(less, rows[j], rows[i])
+                for ptr, row in zip(ptrs, rows, strict=True):
+                    builder.store(row, ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _row(builder: Any, arr: Any, off: Any, vty: Any) -> Any:
+    """A pointer to the elements of a C-contiguous array from flat offset ``off`` on, as one vector."""
+    return builder.bitcast(builder.gep(arr.data, [off]), vty.as_pointer())

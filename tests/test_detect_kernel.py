@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from analytics import kernel, simd
-from analytics.detectors import DetectorParams, _layout, detect, params_for, selection_network, sorting_network
+from analytics.detectors import DetectorParams, _layout, detect, params_for
+from analytics.networks import network
 from analytics.reference import reference_detect
 from bems.calendar import default_calendar
 from bench.analytics import matrix
@@ -105,12 +106,12 @@ def test_network_column_medians_are_the_sorted_middles(case: str, near_full: boo
                 v = np.where(v < 0.5, np.float32(-0.0), np.float32(0.0))
             block[:count[c], c] = v
         values = block.copy()
-        full, pruned = sorting_network(rows), selection_network(rows)
+        (full, full_skip), (pruned, pruned_skip) = network(rows, False), network(rows, True)
         net = np.array(full + pruned, dtype=np.int64).reshape(-1, 2)
         net_at = np.array([0, len(full), len(full) + len(pruned)], dtype=np.int64)
         out = np.empty(width, dtype=np.float32)
         kernel._median_columns(block, count, np.ascontiguousarray(net[:, 0]), np.ascontiguousarray(net[:, 1]),
-                               net_at, 0, rows, width, out)
+                               net_at, np.array([full_skip, pruned_skip]), 0, rows, width, out)
         for c in range(width):
             n = count[c]
             s = np.sort(values[:n, c])
@@ -221,3 +222,33 @@ def test_running_statistics_of_32_meters_in_vector_registers_equal_the_loop() ->
         np.testing.assert_array_equal(got, want)
     assert outs[0][4][:, 7].any() and not outs[0][4].all()
     np.testing.assert_array_equal(outs[0][5], outs[0][4].any(axis=0))
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_networks_with_their_first_stages_reordered_still_sort_or_select(pruned: bool) -> None:
+    """``analytics.networks.network``: the comparators inside full blocks of BLOCK rows moved first (the kernel
+    sorts those blocks in registers instead) still sort every column, or put its middle ranks in place when up to
+    SELECT_SLACK values are missing; and so does a full sort of each block followed by the rest."""
+    from analytics.networks import BLOCK, SELECT_SLACK
+    rng = np.random.default_rng(int(pruned))
+    for n in [*range(1, 40), 120, 168]:
+        net, skip = network(n, pruned)
+        assert all(a // BLOCK == b // BLOCK and b < BLOCK * (n // BLOCK) for a, b in net[:skip])
+        cols = rng.integers(0, 5, (n, 64)).astype(np.float32)  # many ties
+        missing = rng.integers(0, min(SELECT_SLACK, n - 1) + 1 if pruned else 1, 64)  # the pruned: >= 1 value
+        for c in range(64):
+            cols[n - missing[c]:, c] = np.inf
+        want = np.sort(cols, axis=0)
+        for first_blocks_sorted in (False, True):
+            got = cols.copy()
+            if first_blocks_sorted:
+                for q in range(n // BLOCK):
+                    got[q * BLOCK:(q + 1) * BLOCK] = np.sort(got[q * BLOCK:(q + 1) * BLOCK], axis=0)
+            for a, b in net[skip if first_blocks_sorted else 0:]:
+                got[a], got[b] = np.minimum(got[a], got[b]), np.maximum(got[a], got[b])
+            if not pruned:
+                np.testing.assert_array_equal(got, want)
+            else:
+                for c in range(64):
+                    k = n - missing[c]
+                    assert got[(k - 1) // 2, c] == want[(k - 1) // 2, c] and got[k // 2, c] == want[k // 2, c]
