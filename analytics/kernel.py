@@ -20,11 +20,37 @@ flags; ``tests/test_detect_kernel.py`` holds them to it.
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 from numba import njit
 
 from analytics.networks import BLOCK, SELECT_SLACK
 from analytics.simd import LANES, copy_lanes_inf, sort_blocks, sustained_lanes, transpose16
+
+
+def _forget_stale_cache() -> None:
+    """Drop numba's on-disk cache of this module when ``analytics/simd.py`` or ``analytics/networks.py`` changed.
+
+    numba keys that cache to this file alone, yet the kernel compiles their code and constants in: without this,
+    an edit there would go on running the old machine code, silently.
+    """
+    here = Path(__file__).parent
+    digest = hashlib.sha256(b"".join((here / name).read_bytes() for name in ("simd.py", "networks.py"))).hexdigest()
+    stamp = here / "__pycache__" / "kernel.deps"
+    try:
+        if stamp.exists() and stamp.read_text() == digest:
+            return
+        for cached in stamp.parent.glob("kernel.*.nb[ic]"):
+            cached.unlink()
+        stamp.parent.mkdir(exist_ok=True)
+        stamp.write_text(digest)
+    except OSError:  # a read-only install: numba keeps its cache elsewhere, and the files do not change there
+        pass
+
+
+_forget_stale_cache()
 
 # columns of the float parameter table, one row per meter
 F_SPIKE_Z, F_WASTE_Z, F_WASTE_REL, F_TARGET_REL, F_FLAT_MIN_REL, F_STEP_Z, F_DRIFT_ALPHA, F_DRIFT_KEEP, F_DRIFT_Z, \

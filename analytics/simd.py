@@ -10,8 +10,8 @@ waits on). Each is LLVM IR emitted through
 ``numba.extending.intrinsic``; the arithmetic is the scalar code's, operation for operation, with no fast-math
 flags, so results are bit-identical (``tests/test_detect_kernel.py`` checks both against plain loops).
 
-numba's on-disk cache of the kernel is keyed on ``analytics/kernel.py`` alone: after editing this module, touch
-that file (or delete ``analytics/__pycache__/*.nb[ic]``) so the kernel is compiled again.
+numba keys its on-disk cache of the kernel to ``analytics/kernel.py`` alone; the kernel drops that cache itself
+when this module or ``analytics/networks.py`` changed (``kernel._forget_stale_cache``).
 """
 
 from __future__ import annotations

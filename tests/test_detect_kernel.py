@@ -5,6 +5,7 @@ synthetic fleet with the optional detectors (rated capacity, contracted demand, 
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -252,3 +253,31 @@ def test_networks_with_their_first_stages_reordered_still_sort_or_select(pruned:
                 for c in range(64):
                     k = n - missing[c]
                     assert got[(k - 1) // 2, c] == want[(k - 1) // 2, c] and got[k // 2, c] == want[k // 2, c]
+
+
+def test_the_compiled_kernel_is_forgotten_when_the_code_it_compiles_in_changes(tmp_path: Path) -> None:
+    """numba keys its cache to kernel.py alone; an edit of simd.py or networks.py must drop it, or the old machine
+    code would go on running."""
+    import shutil
+    import subprocess
+    import sys
+    src = Path(kernel.__file__).parent
+    pkg = tmp_path / "analytics"
+    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    cache = pkg / "__pycache__"
+    cache.mkdir()
+    stale = cache / "kernel.detect_rows-1.py311.nbi"
+
+    def import_kernel() -> None:
+        subprocess.run([sys.executable, "-c", "import analytics.kernel"], cwd=tmp_path, check=True,
+                       env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{src.parent}"})
+
+    stale.write_text("compiled before")
+    import_kernel()  # no record of what it was compiled from: dropped
+    assert not stale.exists()
+    stale.write_text("compiled now")
+    import_kernel()  # nothing changed: kept
+    assert stale.read_text() == "compiled now"
+    (pkg / "networks.py").write_text((pkg / "networks.py").read_text().replace("BLOCK = 16", "BLOCK = 8"))
+    import_kernel()
+    assert not stale.exists()
