@@ -79,9 +79,10 @@ def sustained_lanes(typingctx: Any, zt: Any, cst: Any, cnt: Any, levelt: Any, sh
                     par: Any, window: Any) -> Any:
     """Step and drift statistics of 32 meters side by side, one vector step per bucket.
 
-    ``zt`` [t, 32] float32 z; out: ``cst`` [t + 1, 32] float64 running sum of the clipped z and ``cnt`` [t + 1, 32]
-    int32 its count (row 0 zero), ``levelt`` [t, 32] float32 its EWMA, ``shortt`` [t, 32] float32 the mean over the
-    trailing ``window`` buckets (0 where none), ``sust`` [t, 32] bool: ``|short| > step_z`` or ``|level| > drift_z``.
+    ``zt`` [t, 32] float32 z; out: ``levelt`` [t, 32] float32 the EWMA of the clipped z, ``shortt`` [t, 32] float32
+    its mean over the trailing ``window`` buckets (0 where none), ``sust`` [t, 32] bool: ``|short| > step_z`` or
+    ``|level| > drift_z``. ``cst`` float64 and ``cnt`` int32 ([window + 1 or more, 32]) are scratch: a ring of the
+    running sum and count of the last window + 1 buckets, so they stay in the L1 cache.
     ``par`` [5, 32] float32: clip, alpha, keep (1 - alpha), step_z, drift_z. NaN z is no news: nothing moves.
     """
     sig = types.void(zt, cst, cnt, levelt, shortt, sust, anyt, par, window)
@@ -116,6 +117,13 @@ def sustained_lanes(typingctx: Any, zt: Any, cst: Any, cnt: Any, levelt: Any, sh
         seen = cgutils.alloca_once_value(builder, ir.Constant(i8v, None))
         store(zero64, cs, ir.Constant(_I64, 0), f64v)
         store(zeroi, cn, ir.Constant(_I64, 0), i32v)
+        ring = builder.add(win, ir.Constant(_I64, 1))
+        slot = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))  # the ring's row of bucket i (row 0: none)
+
+        def after(r: Any) -> Any:
+            nxt = builder.add(r, ir.Constant(_I64, 1))
+            return builder.select(builder.icmp_signed("==", nxt, ring), ir.Constant(_I64, 0), nxt)
+
         with cgutils.for_range(builder, t) as loop:
             i = loop.index
             i1 = builder.add(i, ir.Constant(_I64, 1))
@@ -130,11 +138,13 @@ def sustained_lanes(typingctx: Any, zt: Any, cst: Any, cnt: Any, levelt: Any, sh
             builder.store(a, acc)
             builder.store(k, cnt_)
             builder.store(level, lev)
-            store(a, cs, i1, f64v)
-            store(k, cn, i1, i32v)
+            here = after(builder.load(slot))
+            builder.store(here, slot)
+            store(a, cs, here, f64v)
+            store(k, cn, here, i32v)
             store(level, lv, i, f32v)
-            back = builder.sub(i1, win)
-            j = builder.select(builder.icmp_signed(">", back, ir.Constant(_I64, 0)), back, ir.Constant(_I64, 0))
+            # the sums of bucket i - window: the ring's next row (written window + 1 buckets ago), or none yet
+            j = builder.select(builder.icmp_signed(">", i1, win), after(here), ir.Constant(_I64, 0))
             count = builder.sub(k, load(cn, j, i32v))
             mean = builder.fptrunc(builder.fdiv(builder.fsub(a, load(cs, j, f64v)), builder.sitofp(count, f64v)),
                                    f32v)

@@ -196,10 +196,11 @@ def _sustained_lanes(*args):  # type: ignore[no-untyped-def]  # an intrinsic is 
     simd.sustained_lanes(*args)
 
 
-def test_running_statistics_of_32_meters_in_vector_registers_equal_the_loop() -> None:
-    """``simd.sustained_lanes`` against ``kernel._sustained_scalar`` (the same steps, meter by meter): running sum
-    and count of the clipped z, its EWMA, the trailing mean and the sustained mask, bit for bit, with NaN (no
-    news), infinite z and per-meter parameters."""
+@pytest.mark.parametrize("window", [0, 1, 12, 499, 500])
+def test_running_statistics_of_32_meters_in_vector_registers_equal_the_loop(window: int) -> None:
+    """``simd.sustained_lanes`` against ``kernel._sustained_scalar`` (the same steps, meter by meter): the EWMA of the
+    clipped z, its trailing mean (from a ring of running sums in one, whole running sums in the other) and the
+    sustained mask, bit for bit, with NaN (no news), infinite z, per-meter parameters and several windows."""
     rng = np.random.default_rng(4)
     t, lanes = 500, simd.LANES
     z = (rng.standard_normal((t, lanes)) * 3).astype(np.float32)
@@ -215,13 +216,14 @@ def test_running_statistics_of_32_meters_in_vector_registers_equal_the_loop() ->
         out = (np.empty((t + 1, lanes)), np.empty((t + 1, lanes), np.int32), np.empty((t, lanes), np.float32),
                np.empty((t, lanes), np.float32), np.empty((t, lanes), np.bool_), np.empty(lanes, np.bool_))
         if vector:
-            _sustained_lanes(z, *out, par, 12)
+            _sustained_lanes(z, *out, par, window)
         else:
-            kernel._sustained_scalar(z, *out, par, np.full(lanes, 12, np.int64))
+            kernel._sustained_scalar(z, *out, par, np.full(lanes, window, np.int64))
         outs.append(out)
-    for got, want in zip(*outs, strict=True):
+    for got, want in zip(outs[0][2:], outs[1][2:], strict=True):  # the running sum and count are scratch
         np.testing.assert_array_equal(got, want)
     assert outs[0][4][:, 7].any() and not outs[0][4].all()
+    assert window == 0 or outs[0][3].any()
     np.testing.assert_array_equal(outs[0][5], outs[0][4].any(axis=0))
 
 
