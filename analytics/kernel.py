@@ -532,7 +532,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     cube = np.empty((n_cells, lanes), np.float32)
     cell_med = np.empty((n_cells, lanes), np.float32)
     cell_spread = np.empty((n_cells, lanes), np.float32)
-    week_mad = np.empty((n_past, slots, lanes), np.float32)
+    week_mad = np.empty((slots, lanes), np.float32)
     zt = np.empty((t, lanes), np.float32)
     cst = np.empty((t + 1, lanes), np.float64)
     cnt_t = np.empty((t + 1, lanes), np.int32)
@@ -642,13 +642,17 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
         most = 0
         for lane in range(lanes):
             most = max(most, k_l[lane])
+        for s in range(slots):  # week 0 has no weeks behind it
+            row = cell_spread[s]
+            for lane in range(lanes):
+                row[lane] = nan
         for w in range(1, weeks):
             same = True
             for lane in range(lanes):
                 k_l[lane] = min(w, ip[r0 + (lane if lane < nb else 0), I_MAX_WEEKS])
                 same &= k_l[lane] == k_l[0]
             meds = cell_med[w * slots:(w + 1) * slots]
-            mads = week_mad[w - 1]
+            mads = week_mad  # this week's; used up before the next
             if same:  # the usual case
                 _median_mad_weeks(cube, w, slots, min(k_l[0], 4), meds, mads)
             else:  # meters that remember different numbers of weeks: each number in turn
@@ -690,25 +694,19 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                     mad = src[lane]
                     dst[lane] = inf if np.isnan(mad) else mad
                     pcount[lane] += not np.isnan(mad)
+            pw = pooled[w - 1]
             if w == 1:
                 for lane in range(lanes):
-                    pooled[0, lane] = f32(0.0) if pcount[lane] > 0 else nan
+                    pw[lane] = f32(0.0) if pcount[lane] > 0 else nan
             else:
-                _median_columns(pblock, pcount, net_a, net_b, net_at, net_skip, NET_SLOTS, slots, lanes,
-                                pooled[w - 1])
-        # the spread: the slot's MAD, at least the week's pooled MAD and a share of the level
-        for s in range(slots):
-            row = cell_spread[s]
-            for lane in range(lanes):
-                row[lane] = nan
-        for w in range(1, weeks):
-            pw = pooled[w - 1]
+                _median_columns(pblock, pcount, net_a, net_b, net_at, net_skip, NET_SLOTS, slots, lanes, pw)
+            # the spread: the slot's MAD, at least the week's pooled MAD and a share of the level
             for s in range(slots):
-                mads = week_mad[w - 1, s]
-                meds = cell_med[w * slots + s]
+                src = mads[s]
+                med_row = meds[s]
                 dst = cell_spread[w * slots + s]
                 for lane in range(lanes):
-                    dst[lane] = _fmax(_fmax(mads[lane], pw[lane]), _fmax(f32(0.05) * abs(meds[lane]), f32(1e-3)))
+                    dst[lane] = _fmax(_fmax(src[lane], pw[lane]), _fmax(f32(0.05) * abs(med_row[lane]), f32(1e-3)))
         # z of every bucket against its baseline (cell_med and cell_spread, looked up by cell again where the
         # few candidates need them)
         if cell_first >= 0:  # a regular axis: the buckets are one stretch of the grid, one vector down it
