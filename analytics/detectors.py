@@ -20,7 +20,7 @@ import numpy as np
 from analytics import kernel
 from analytics.baseline import week_grid
 from analytics.kernel import detect_rows
-from analytics.networks import network
+from analytics.networks import kernel_networks
 from bems.calendar import CalendarMasks
 
 # priority order: the first flagged type names the bucket
@@ -183,17 +183,13 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     work_cols = np.flatnonzero(working).astype(np.int64)
     # the kernel's sorting networks, one after the other (kernel.NET_*), each in full and pruned to the median:
     # the working-hours values, the slots of a week, the closed-hours groups' MADs, each tier of those groups
-    nets = [network(int(n), pruned) for n in (work_cols.size, grid.slots, group_kind.size, *sizes[tier_at])
-            for pruned in (False, True)]
-    pairs = np.array([p for net, _ in nets for p in net], dtype=np.int64).reshape(-1, 2)
-    net_at = np.cumsum([0] + [len(net) for net, _ in nets]).astype(np.int64)
-    net_skip = np.array([skip for _, skip in nets], dtype=np.int64)
+    net_a, net_b, net_at, net_skip = kernel_networks(
+        tuple(int(n) for n in (work_cols.size, grid.slots, group_kind.size, *sizes[tier_at])))
     # columns whose kind goes up by one from one to the next form a run (a day's slots): the kernel copies runs
     starts = np.flatnonzero(np.diff(col_kind, prepend=-2) != 1)
     kind_runs = np.stack([starts, np.diff(starts, append=col_kind.size), col_kind[starts]], axis=1).astype(np.int64)
     return (working, work_cols, open_day, open_cum, cell, cell_first, grid.slots, grid.weeks, kind_runs, gidx,
-            group_kind.astype(np.int64), tiers, 2 * per_day, np.ascontiguousarray(pairs[:, 0]),
-            np.ascontiguousarray(pairs[:, 1]), net_at, net_skip)
+            group_kind.astype(np.int64), tiers, 2 * per_day, net_a, net_b, net_at, net_skip)
 
 
 def _param_tables(p: DetectorParams, m: int, rated: np.ndarray | None,

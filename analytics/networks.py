@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numpy as np
+
 SELECT_SLACK = 8  # a pruned network serves any n - SELECT_SLACK to n values (the rest +inf)
 BLOCK = 16  # rows of the blocks sorted in registers: 16 rows x 16 meters fill half the AVX-512 registers
 
@@ -65,6 +67,7 @@ def selection_network(n: int) -> tuple[tuple[int, int], ...]:
     return tuple((a, b) for a, b, _ in _selection(n))
 
 
+@lru_cache(maxsize=128)
 def network(n: int, pruned: bool) -> tuple[tuple[tuple[int, int], ...], int]:
     """The comparators the kernel runs for n values, and how many of the first ones sorting every full block of
     ``BLOCK`` rows replaces.
@@ -80,3 +83,19 @@ def network(n: int, pruned: bool) -> tuple[tuple[tuple[int, int], ...], int]:
     in_blocks = [(a, b) for a, b, p in comps if p < BLOCK and b < full]
     rest = [(a, b) for a, b, p in comps if not (p < BLOCK and b < full)]
     return tuple(in_blocks + rest), len(in_blocks)
+
+
+@lru_cache(maxsize=32)
+def kernel_networks(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's networks for these numbers of values, each in full and pruned, one after the other: the
+    comparators' upper and lower rows, where each network starts (and the end), how many of its first comparators
+    the block sorts replace. Kept once made: a detector pass should not spend milliseconds of Python on them.
+    """
+    nets = [network(n, pruned) for n in sizes for pruned in (False, True)]
+    pairs = np.array([p for net, _ in nets for p in net], dtype=np.int64).reshape(-1, 2)
+    starts = np.cumsum([0] + [len(net) for net, _ in nets]).astype(np.int64)
+    skips = np.array([skip for _, skip in nets], dtype=np.int64)
+    out = np.ascontiguousarray(pairs[:, 0]), np.ascontiguousarray(pairs[:, 1]), starts, skips
+    for arr in out:
+        arr.flags.writeable = False  # shared by every pass
+    return out
