@@ -539,7 +539,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     levelt = np.empty((t, lanes), np.float32)
     shortt = np.empty((t, lanes), np.float32)
     sust = np.empty((t, lanes), np.bool_)
-    z_rows = np.empty((lanes, t), np.float32)
+    up_rows = np.empty((lanes, t), np.float32)
     par = np.empty((5, lanes), np.float32)
     window_l = np.empty(lanes, np.int64)
     k_l = np.empty(lanes, np.int64)
@@ -565,7 +565,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     k_mad_l = np.empty((lanes, n_kinds), np.float32)
     # one meter's rows
     clean = np.empty(t, np.float32)
-    up = np.empty(t, np.float32)
     zero = np.empty(t, np.bool_)
     gap = np.empty(t, np.bool_)
     bad = np.empty(t, np.bool_)
@@ -725,7 +724,20 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 z_row = zt[i]
                 for lane in range(lanes):
                     z_row[lane] = (src[lane] - meds[lane]) / (f32(1.4826) * spreads[lane])
-        _from_lanes(zt, z_rows)
+        # step and drift: the running sum, count and EWMA of the clipped z, the trailing window's mean, and
+        # where either is beyond its threshold; chains of dependent steps, all meters of the batch in one
+        uniform = True
+        for lane in range(lanes):
+            uniform &= window_l[lane] == window_l[0]
+        if uniform:
+            sustained_lanes(zt, cst, cnt_t, levelt, shortt, sust, any_sus, par, window_l[0])
+        else:
+            _sustained_scalar(zt, cst, cnt_t, levelt, shortt, sust, any_sus, par, window_l)
+        # then z with NaN as 0 (and +-inf as the largest float), row by row, for the scores
+        z_flat = zt.reshape(-1)
+        for e in range(t * lanes):
+            z_flat[e] = _nan_to_num(z_flat[e])
+        _from_lanes(zt, up_rows)
 
         # closed-hours level per slot of the day, apart for open and closed days, over the whole window: the
         # median and MAD of every group of every meter by sorting networks down the block's columns, one per
@@ -756,15 +768,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 kcount[lane] += not np.isnan(mad)
         _median_columns(kblock, kcount, net_a, net_b, net_at, net_skip, NET_KINDS, n_groups, lanes, k_pooled)
 
-        # step and drift: the running sum, count and EWMA of the clipped z, the trailing window's mean, and
-        # where either is beyond its threshold; chains of dependent steps, all meters of the batch in one
-        uniform = True
-        for lane in range(lanes):
-            uniform &= window_l[lane] == window_l[0]
-        if uniform:
-            sustained_lanes(zt, cst, cnt_t, levelt, shortt, sust, any_sus, par, window_l[0])
-        else:
-            _sustained_scalar(zt, cst, cnt_t, levelt, shortt, sust, any_sus, par, window_l)
 
         for lane in range(nb):
             r = r0 + lane
@@ -774,24 +777,22 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             k_med = k_med_l[lane]
             k_mad = k_mad_l[lane]
             spike_z = fp[r, F_SPIKE_Z]
-            # one pass: the clean row, the gap and flatline candidates, |z| for the scores
+            # one pass: the clean row, the gap and flatline candidates
             first = t  # the meter's first reading: missing before it is not a gap
             for i in range(t):
                 if not np.isnan(row[i]):
                     first = i
                     break
-            z_row = z_rows[lane]
+            up = up_rows[lane]
             for i in range(t):  # no branch on the data: vector steps
                 v = row[i]
                 out_of_range = (v < 0) | (v > limit)
                 bad[i] = out_of_range
-                clean[i] = nan if out_of_range else v
+                cv = nan if out_of_range else v
+                clean[i] = cv
                 mask[i] = np.isnan(v) & (i >= first)
-                up[i] = _nan_to_num(z_row[i])
-            if cumulative:  # zero, or an instantaneous value repeated exactly
-                for i in range(t):
-                    zero[i] = abs(clean[i]) < f32(1e-9)
-            else:
+                zero[i] = abs(cv) < f32(1e-9)  # a cumulative register's zero use (NaN: not zero)
+            if not cumulative:  # an instantaneous value repeated exactly
                 zero[0] = False
                 for i in range(1, t):
                     zero[i] = clean[i] == clean[i - 1]
