@@ -5,7 +5,7 @@ subsample, scaled. The loop's flags must equal the pass's on that subsample; the
 Each timing is the best of ``--repeat`` rounds that run all three in turn (the machine is shared); the kernel's
 one-off compile (or load from numba's cache) is timed apart, on a small matrix, before the pass.
 
-    python bench/analytics.py [--meters 100000] [--loop-sample 200] [--repeat 3]
+    python bench/analytics.py [--meters 100000] [--loop-sample 200] [--repeat 5]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--meters", type=int, default=100_000)
     ap.add_argument("--buckets", type=int, default=672)
     ap.add_argument("--loop-sample", type=int, default=200)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     times = np.datetime64("2026-10-03T20:30") + np.arange(args.buckets) * np.timedelta64(3600, "s")
     masks = default_calendar().bucket_masks(times, np.timedelta64(3600, "s"))
