@@ -50,7 +50,8 @@ def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
 @lru_cache(maxsize=64)
 def _selection(n: int) -> tuple[tuple[int, int, int], ...]:
     """``_batcher(n)`` pruned from the last comparator back: one is kept when it writes a rank still wanted (the
-    middle ranks of n - SELECT_SLACK to n values), and then both of its inputs are wanted."""
+    middle ranks of n - SELECT_SLACK to n values), and then both of its inputs are wanted. A median needs no full
+    sort: ~18% fewer comparators."""
     least = max(n - SELECT_SLACK, 1)
     wanted = set(range((least - 1) // 2, n // 2 + 1))
     kept = []
@@ -59,12 +60,6 @@ def _selection(n: int) -> tuple[tuple[int, int, int], ...]:
             kept.append((a, b, p))
             wanted |= {a, b}
     return tuple(reversed(kept))
-
-
-def selection_network(n: int) -> tuple[tuple[int, int], ...]:
-    """The comparators of ``sorting_network(n)`` that put the middle ranks in place for any n - SELECT_SLACK to n
-    values (the rest +inf): a median needs no full sort (~18% fewer comparators)."""
-    return tuple((a, b) for a, b, _ in _selection(n))
 
 
 @lru_cache(maxsize=128)

@@ -6,9 +6,10 @@ and the matrix's [meters x buckets] rows (16 x 16 transposes in registers: 2.4x 
 chains of dependent steps along time kept in vector registers (the running sum and EWMA of z, the trailing mean
 and the sustained mask: a third of the CPU of four scalar chains side by side), and the first stages of a
 sorting network in registers (through memory every comparator stores two rows, and stores are what a network
-waits on). Each is LLVM IR emitted through
-``numba.extending.intrinsic``; the arithmetic is the scalar code's, operation for operation, with no fast-math
-flags, so results are bit-identical (``tests/test_detect_kernel.py`` checks both against plain loops).
+waits on); and a row of 32 floats as one vector, where a loop of 32 would be unrolled and left scalar. Each is
+LLVM IR emitted through ``numba.extending.intrinsic``; the arithmetic is the scalar code's, operation for
+operation, with no fast-math flags, so results are bit-identical (``tests/test_detect_kernel.py`` checks them
+against plain loops).
 
 numba keys its on-disk cache of the kernel to ``analytics/kernel.py`` alone; the kernel drops that cache itself
 when this module or ``analytics/networks.py`` changed (``kernel._forget_stale_cache``).
@@ -27,6 +28,11 @@ from analytics.networks import BLOCK, sorting_network
 
 LANES = 32  # meters per batch: two AVX-512 vectors of float32 (64 measured no faster)
 _I64 = ir.IntType(64)
+
+
+def _row(builder: Any, arr: Any, off: Any, vty: Any) -> Any:
+    """A pointer to the elements of a C-contiguous array from flat offset ``off`` on, as one vector."""
+    return builder.bitcast(builder.gep(arr.data, [off]), vty.as_pointer())
 
 
 def _butterfly(b: int) -> tuple[list[int], list[int]]:
@@ -55,8 +61,7 @@ def transpose16(typingctx: Any, src: Any, src_off: Any, src_stride: Any, dst: An
         mty = ir.VectorType(ir.IntType(32), 16)
 
         def ptr(arr: Any, off: Any, stride: Any, r: int) -> Any:
-            idx = builder.add(off, builder.mul(stride, ir.Constant(_I64, r)))
-            return builder.bitcast(builder.gep(arr.data, [idx]), vty.as_pointer())
+            return _row(builder, arr, builder.add(off, builder.mul(stride, ir.Constant(_I64, r))), vty)
 
         rows = [builder.load(ptr(s, args[1], args[2], r), align=4) for r in range(16)]
         for b in (8, 4, 2, 1):
@@ -175,9 +180,9 @@ def copy_lanes_inf(typingctx: Any, src: Any, src_off: Any, dst: Any, dst_off: An
         s = context.make_array(signature.args[0])(context, builder, args[0])
         d = context.make_array(signature.args[2])(context, builder, args[2])
         vty = ir.VectorType(ir.FloatType(), LANES)
-        v = builder.load(builder.bitcast(builder.gep(s.data, [args[1]]), vty.as_pointer()), align=4)
+        v = builder.load(_row(builder, s, args[1], vty), align=4)
         v = builder.select(builder.fcmp_unordered("uno", v, v), ir.Constant(vty, [float("inf")] * LANES), v)
-        builder.store(v, builder.bitcast(builder.gep(d.data, [args[3]]), vty.as_pointer()), align=4)
+        builder.store(v, _row(builder, d, args[3], vty), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -216,8 +221,3 @@ def sort_blocks(typingctx: Any, block: Any, nblocks: Any, col0: Any, width: Any)
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-def _row(builder: Any, arr: Any, off: Any, vty: Any) -> Any:
-    """A pointer to the elements of a C-contiguous array from flat offset ``off`` on, as one vector."""
-    return builder.bitcast(builder.gep(arr.data, [off]), vty.as_pointer())
