@@ -877,8 +877,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             contracted = fp[r, F_CONTRACTED]
             kind_row = kind_out[r]
             score_row = score_out[r]
-            near = f32(1.0) / spike_z  # below 1 the score only says how near a spike: a product will do (within
-            # a rounding of the reference's quotient); a division per bucket costs more than all the rest of it
             first_hit = t  # the candidates' span: the walk below covers only it
             last_hit = -1
             for i in range(t):
@@ -890,7 +888,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 first_hit = min(first_hit, i if cand else t)
                 last_hit = max(last_hit, i if cand else -1)
                 kind_row[i] = -1
-                score_row[i] = min(abs(up[i]) * near, f32(0.999))
+                score_row[i] = min(abs(up[i]) / spike_z, f32(0.999))
             if with_expected:
                 for i in range(t):
                     e = cell_med[cell[i], lane]
