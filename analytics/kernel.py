@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from analytics.networks import BLOCK, SELECT_SLACK
-from analytics.simd import LANES, copy_lanes_inf, sort_blocks, sustained_lanes, transpose16
+from analytics.networks import BLOCK, SELECT_SLACK, SMALL_BLOCK
+from analytics.simd import LANES, copy_lanes_inf, sort_blocks8, sort_blocks16, sustained_lanes, transpose16
 
 
 def _forget_stale_cache() -> None:
@@ -269,7 +269,10 @@ def _select_columns(block: np.ndarray, count: np.ndarray, net_a: np.ndarray, net
     skip = net_skip[which]
     vector = width - width % 16
     if skip > 0:  # the first stages in registers; columns past the last 16 through memory
-        sort_blocks(block, n_full // BLOCK, col0, vector)
+        if n_full >= BLOCK:  # as networks.block_rows
+            sort_blocks16(block, n_full // BLOCK, col0, vector)
+        else:
+            sort_blocks8(block, n_full // SMALL_BLOCK, col0, vector)
         _sort_columns(block, net_a, net_b, first, first + skip, col0 + vector, width - vector)
     _sort_columns(block, net_a, net_b, first + skip, net_at[which + 1], col0, width)
 

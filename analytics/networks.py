@@ -2,8 +2,8 @@
 
 A network is a fixed list of comparators (i < j: row i gets the smaller value), so the kernel runs it down the
 columns of a [values x meters] block as vector steps across the meters, with no branch on the data. The first
-stages of Batcher's network sort aligned blocks of ``BLOCK`` rows on their own; the kernel does those in
-registers (``analytics.simd.sort_blocks``) instead of one comparator at a time through memory, where every
+stages of Batcher's network sort aligned blocks of 16 (or 8) rows on their own; the kernel does those in
+registers (``analytics.simd.sort_blocks16``) instead of one comparator at a time through memory, where every
 comparator stores two rows. ``network`` says how many leading comparators that replaces.
 """
 
@@ -15,6 +15,12 @@ import numpy as np
 
 SELECT_SLACK = 8  # a pruned network serves any n - SELECT_SLACK to n values (the rest +inf)
 BLOCK = 16  # rows of the blocks sorted in registers: 16 rows x 16 meters fill half the AVX-512 registers
+SMALL_BLOCK = 8  # and for networks of fewer values (the closed days' groups)
+
+
+def block_rows(n: int) -> int:
+    """Rows of the blocks the kernel sorts in registers for a network of n values (0: none)."""
+    return BLOCK if n >= BLOCK else SMALL_BLOCK if n >= SMALL_BLOCK else 0
 
 
 @lru_cache(maxsize=64)
@@ -65,18 +71,19 @@ def _selection(n: int) -> tuple[tuple[int, int, int], ...]:
 @lru_cache(maxsize=128)
 def network(n: int, pruned: bool) -> tuple[tuple[tuple[int, int], ...], int]:
     """The comparators the kernel runs for n values, and how many of the first ones sorting every full block of
-    ``BLOCK`` rows replaces.
+    ``block_rows(n)`` rows replaces.
 
-    Those are the comparators of the stages before blocks of ``BLOCK`` rows are merged, within full blocks;
+    Those are the comparators of the stages before blocks of that many rows are merged, within full blocks;
     they go first, then the stages' comparators in the partial last block, then the rest in order (the blocks
     are independent until merged, so this is the same network). A full sort of each block in their place is
     sound for the pruned network too: the comparators pruned away touch only rows no wanted rank depends on,
     so running them as well changes nothing that matters.
     """
     comps = _selection(n) if pruned else _batcher(n)
-    full = BLOCK * (n // BLOCK)
-    in_blocks = [(a, b) for a, b, p in comps if p < BLOCK and b < full]
-    rest = [(a, b) for a, b, p in comps if not (p < BLOCK and b < full)]
+    rows = block_rows(n)
+    full = rows * (n // rows) if rows else 0
+    in_blocks = [(a, b) for a, b, p in comps if p < rows and b < full]
+    rest = [(a, b) for a, b, p in comps if not (p < rows and b < full)]
     return tuple(in_blocks + rest), len(in_blocks)
 
 

@@ -24,7 +24,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from analytics.networks import BLOCK, sorting_network
+from analytics.networks import BLOCK, SMALL_BLOCK, sorting_network
 
 LANES = 32  # meters per batch: two AVX-512 vectors of float32 (64 measured no faster)
 _I64 = ir.IntType(64)
@@ -188,36 +188,46 @@ def copy_lanes_inf(typingctx: Any, src: Any, src_off: Any, dst: Any, dst_off: An
     return sig, codegen
 
 
-@intrinsic
-def sort_blocks(typingctx: Any, block: Any, nblocks: Any, col0: Any, width: Any) -> Any:
-    """Sort ascending, down each column, every aligned block of ``BLOCK`` rows among the first nblocks * BLOCK rows
-    of columns col0 .. col0 + width - 1 (width a multiple of 16) of a C-contiguous float32 [rows, cols] block.
+def _block_sorter(rows: int) -> Any:
+    """``sort_blocks(block, nblocks, col0, width)``: sort ascending, down each column, every aligned block of
+    ``rows`` rows among the first nblocks * rows rows of columns col0 .. col0 + width - 1 (width a multiple of 16)
+    of a C-contiguous float32 [rows, cols] block.
 
-    Per block and 16 columns: 16 row vectors loaded, Batcher's network of 16 applied in registers, 16 stored.
-    Each comparator is the kernel's: the smaller value (``a if a < b else b``) to the upper row.
+    Per block and 16 columns: the rows loaded as vectors, Batcher's network for them applied in registers, the
+    rows stored. Each comparator is the kernel's: the smaller value (``a if a < b else b``) to the upper row.
     """
-    if not (isinstance(block, types.Array) and block.dtype == types.float32 and block.ndim == 2):
-        return None
-    sig = types.void(block, nblocks, col0, width)
-    comparators = sorting_network(BLOCK)
+    comparators = sorting_network(rows)
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        b = context.make_array(signature.args[0])(context, builder, args[0])
-        stride = builder.extract_value(b.shape, 1)
-        vty = ir.VectorType(ir.FloatType(), 16)
-        groups = builder.sdiv(args[3], ir.Constant(_I64, 16))
-        with cgutils.for_range(builder, args[1]) as blocks:
-            top = builder.mul(builder.mul(blocks.index, ir.Constant(_I64, BLOCK)), stride)
-            with cgutils.for_range(builder, groups) as cols:
-                base = builder.add(top, builder.add(args[2], builder.mul(cols.index, ir.Constant(_I64, 16))))
-                ptrs = [_row(builder, b, builder.add(base, builder.mul(stride, ir.Constant(_I64, r))), vty)
-                        for r in range(BLOCK)]
-                rows = [builder.load(ptr, align=4) for ptr in ptrs]
-                for i, j in comparators:
-                    less = builder.fcmp_ordered("<", rows[i], rows[j])
-                    rows[i], rows[j] = builder.select(less, rows[i], rows[j]), builder.select(less, rows[j], rows[i])
-                for ptr, row in zip(ptrs, rows, strict=True):
-                    builder.store(row, ptr, align=4)
-        return context.get_dummy_value()
+    @intrinsic
+    def sort_blocks(typingctx: Any, block: Any, nblocks: Any, col0: Any, width: Any) -> Any:
+        if not (isinstance(block, types.Array) and block.dtype == types.float32 and block.ndim == 2):
+            return None
+        sig = types.void(block, nblocks, col0, width)
 
-    return sig, codegen
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            b = context.make_array(signature.args[0])(context, builder, args[0])
+            stride = builder.extract_value(b.shape, 1)
+            vty = ir.VectorType(ir.FloatType(), 16)
+            groups = builder.sdiv(args[3], ir.Constant(_I64, 16))
+            with cgutils.for_range(builder, args[1]) as blocks:
+                top = builder.mul(builder.mul(blocks.index, ir.Constant(_I64, rows)), stride)
+                with cgutils.for_range(builder, groups) as cols:
+                    base = builder.add(top, builder.add(args[2], builder.mul(cols.index, ir.Constant(_I64, 16))))
+                    ptrs = [_row(builder, b, builder.add(base, builder.mul(stride, ir.Constant(_I64, r))), vty)
+                            for r in range(rows)]
+                    values = [builder.load(ptr, align=4) for ptr in ptrs]
+                    for i, j in comparators:
+                        less = builder.fcmp_ordered("<", values[i], values[j])
+                        values[i], values[j] = (builder.select(less, values[i], values[j]),
+                                                builder.select(less, values[j], values[i]))
+                    for ptr, value in zip(ptrs, values, strict=True):
+                        builder.store(value, ptr, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return sort_blocks
+
+
+sort_blocks16 = _block_sorter(BLOCK)
+sort_blocks8 = _block_sorter(SMALL_BLOCK)

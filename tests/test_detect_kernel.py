@@ -229,14 +229,15 @@ def test_running_statistics_of_32_meters_in_vector_registers_equal_the_loop(wind
 
 @pytest.mark.parametrize("pruned", [False, True])
 def test_networks_with_their_first_stages_reordered_still_sort_or_select(pruned: bool) -> None:
-    """``analytics.networks.network``: the comparators inside full blocks of BLOCK rows moved first (the kernel
+    """``analytics.networks.network``: the comparators inside full blocks of 16 (or 8) rows moved first (the kernel
     sorts those blocks in registers instead) still sort every column, or put its middle ranks in place when up to
     SELECT_SLACK values are missing; and so does a full sort of each block followed by the rest."""
-    from analytics.networks import BLOCK, SELECT_SLACK
+    from analytics.networks import SELECT_SLACK, block_rows
     rng = np.random.default_rng(int(pruned))
     for n in [*range(1, 40), 120, 168]:
         net, skip = network(n, pruned)
-        assert all(a // BLOCK == b // BLOCK and b < BLOCK * (n // BLOCK) for a, b in net[:skip])
+        rows = block_rows(n)
+        assert all(a // rows == b // rows and b < rows * (n // rows) for a, b in net[:skip])
         cols = rng.integers(0, 5, (n, 64)).astype(np.float32)  # many ties
         missing = rng.integers(0, min(SELECT_SLACK, n - 1) + 1 if pruned else 1, 64)  # the pruned: >= 1 value
         for c in range(64):
@@ -245,8 +246,8 @@ def test_networks_with_their_first_stages_reordered_still_sort_or_select(pruned:
         for first_blocks_sorted in (False, True):
             got = cols.copy()
             if first_blocks_sorted:
-                for q in range(n // BLOCK):
-                    got[q * BLOCK:(q + 1) * BLOCK] = np.sort(got[q * BLOCK:(q + 1) * BLOCK], axis=0)
+                for q in range(n // rows if rows else 0):
+                    got[q * rows:(q + 1) * rows] = np.sort(got[q * rows:(q + 1) * rows], axis=0)
             for a, b in net[skip if first_blocks_sorted else 0:]:
                 got[a], got[b] = np.minimum(got[a], got[b]), np.maximum(got[a], got[b])
             if not pruned:
