@@ -390,6 +390,27 @@ def _from_lanes(xt: np.ndarray, rows: np.ndarray) -> None:
             rows[lane, i] = xt[i, lane]
 
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _sort3(a: np.float32, b: np.float32, c: np.float32) -> tuple[np.float32, np.float32, np.float32]:
+    """Three values ascending: a sorting network of three comparators (selects, so loops around it vectorize)."""
+    a, b = min(a, b), max(a, b)
+    a, c = min(a, c), max(a, c)
+    b, c = min(b, c), max(b, c)
+    return a, b, c
+
+
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _sort4(a: np.float32, b: np.float32, c: np.float32,
+           d: np.float32) -> tuple[np.float32, np.float32, np.float32, np.float32]:
+    """Four values ascending: a sorting network of five comparators."""
+    a, b = min(a, b), max(a, b)
+    c, d = min(c, d), max(c, d)
+    a, c = min(a, c), max(a, c)
+    b, d = min(b, d), max(b, d)
+    b, c = min(b, c), max(b, c)
+    return a, b, c, d
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _median_mad_weeks(cube: np.ndarray, w: int, slots: int, k: int, med_out: np.ndarray, mad_out: np.ndarray) -> None:
     """Median and MAD, per slot and meter, of weeks w - k .. w - 1 (k <= 4) of ``cube`` [weeks x slots, LANES]
@@ -434,16 +455,9 @@ def _median_mad_weeks(cube: np.ndarray, w: int, slots: int, k: int, med_out: np.
             b = rb[e]
             c = rc[e]
             n = np.int32(a < inf) + np.int32(b < inf) + np.int32(c < inf)
-            a, b = min(a, b), max(a, b)
-            a, c = min(a, c), max(a, c)
-            b, c = min(b, c), max(b, c)
+            a, b, c = _sort3(a, b, c)
             med = _mid(a, b, c, inf, n)
-            da = abs(a - med)
-            db = abs(b - med)
-            dc = abs(c - med)
-            da, db = min(da, db), max(da, db)
-            da, dc = min(da, dc), max(da, dc)
-            db, dc = min(db, dc), max(db, dc)
+            da, db, dc = _sort3(abs(a - med), abs(b - med), abs(c - med))
             mo[e] = med
             ao[e] = _mid(da, db, dc, inf, n)
     else:
@@ -453,21 +467,9 @@ def _median_mad_weeks(cube: np.ndarray, w: int, slots: int, k: int, med_out: np.
             c = rc[e]
             d = rd[e]
             n = np.int32(a < inf) + np.int32(b < inf) + np.int32(c < inf) + np.int32(d < inf)
-            a, b = min(a, b), max(a, b)
-            c, d = min(c, d), max(c, d)
-            a, c = min(a, c), max(a, c)
-            b, d = min(b, d), max(b, d)
-            b, c = min(b, c), max(b, c)
+            a, b, c, d = _sort4(a, b, c, d)
             med = _mid(a, b, c, d, n)
-            da = abs(a - med)
-            db = abs(b - med)
-            dc = abs(c - med)
-            dd = abs(d - med)
-            da, db = min(da, db), max(da, db)
-            dc, dd = min(dc, dd), max(dc, dd)
-            da, dc = min(da, dc), max(da, dc)
-            db, dd = min(db, dd), max(db, dd)
-            db, dc = min(db, dc), max(db, dc)
+            da, db, dc, dd = _sort4(abs(a - med), abs(b - med), abs(c - med), abs(d - med))
             mo[e] = med
             ao[e] = _mid(da, db, dc, dd, n)
 
@@ -599,6 +601,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 dst[lane] = v if keep else inf
                 wcount[lane] += keep
         _median_columns(wblock, wcount, net_a, net_b, net_at, net_skip, NET_WORKING, n_work, lanes, wl_l)
+        most = 0  # the longest memory of the batch, in weeks
         for lane in range(lanes):
             r = r0 + (lane if lane < nb else 0)
             wl = wl_l[lane]
@@ -611,7 +614,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 if not np.isnan(rated) and rated < limit:
                     limit = rated
             limit_l[lane] = limit
-            k_l[lane] = ip[r, I_MAX_WEEKS]
+            most = max(most, ip[r, I_MAX_WEEKS])
             window_l[lane] = min(ip[r, I_STEP_WINDOW], t)
             par[0, lane] = fp[r, F_CLIP]
             par[1, lane] = fp[r, F_DRIFT_ALPHA]
@@ -641,9 +644,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             row = cell_med[s]
             for lane in range(lanes):
                 row[lane] = nan
-        most = 0
-        for lane in range(lanes):
-            most = max(most, k_l[lane])
         for s in range(slots):  # week 0 has no weeks behind it
             row = cell_spread[s]
             for lane in range(lanes):
