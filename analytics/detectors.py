@@ -182,9 +182,8 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     tiers = np.stack([tier_at, np.append(tier_at[1:], sizes.size), sizes[tier_at]], axis=1).astype(np.int64)
     work_cols = np.flatnonzero(working).astype(np.int64)
     # the kernel's sorting networks, one after the other (kernel.NET_*), each in full and pruned to the median:
-    # the working-hours values, the slots of a week, the closed-hours groups' MADs, each tier of those groups
-    net_a, net_b, net_at, net_skip = kernel_networks(
-        tuple(int(n) for n in (work_cols.size, grid.slots, group_kind.size, *sizes[tier_at])))
+    # the closed-hours groups' MADs, each tier of those groups
+    net_a, net_b, net_at, net_skip = kernel_networks(tuple(int(n) for n in (group_kind.size, *sizes[tier_at])))
     # columns whose kind goes up by one from one to the next form a run (a day's slots): the kernel copies runs
     starts = np.flatnonzero(np.diff(col_kind, prepend=-2) != 1)
     kind_runs = np.stack([starts, np.diff(starts, append=col_kind.size), col_kind[starts]], axis=1).astype(np.int64)

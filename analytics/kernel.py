@@ -27,7 +27,16 @@ import numpy as np
 from numba import njit
 
 from analytics.networks import BLOCK, SELECT_SLACK, SMALL_BLOCK
-from analytics.simd import LANES, copy_lanes_inf, sort_blocks8, sort_blocks16, sustained_lanes, transpose16
+from analytics.simd import (
+    LANES,
+    copy_lanes_inf,
+    median_lanes,
+    prefetch,
+    sort_blocks8,
+    sort_blocks16,
+    sustained_lanes,
+    transpose16,
+)
 
 
 def _forget_stale_cache() -> None:
@@ -66,10 +75,10 @@ NEGATIVE, IMPLAUSIBLE, GAP, FLATLINE, SPIKE, HOLIDAY, AFTER_HOURS, STEP, DRIFT, 
 _F32_MAX = np.float32(np.finfo(np.float32).max)
 _BUCKETS = 128  # of each round of a bucket select
 # the sorting networks the kernel is given (one array of comparators, net_at[i] the first of each, the first
-# net_skip[i] of them done by sorting blocks in registers; see analytics.networks): for each of these, the full
-# network at i and at i + 1 the one pruned to the middle ranks of SELECT_SLACK fewer values or none fewer; then
-# those of each tier of closed-hours groups
-NET_WORKING, NET_SLOTS, NET_KINDS, NET_TIERS = range(0, 8, 2)
+# net_skip[i] of them done by sorting blocks in registers; see analytics.networks): for the closed-hours kinds'
+# MADs, the full network at i and at i + 1 the one pruned to the middle ranks of SELECT_SLACK fewer values or
+# none fewer; then those of each tier of closed-hours groups
+NET_KINDS, NET_TIERS = 0, 2
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
@@ -555,11 +564,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     wl_l = np.empty(lanes, np.float32)
     any_sus = np.empty(lanes, np.bool_)
     # the batch's medians: [values, (week or group x) LANES] blocks, the count of values of each column
-    wblock = np.empty((n_work, lanes), np.float32)
-    wcount = np.empty(lanes, np.int64)
-    pblock = np.empty((slots, lanes), np.float32)
-    pcount = np.empty(lanes, np.int64)
     pooled = np.empty((n_past, lanes), np.float32)
+    mkeys = np.empty((3 * max(slots, n_work), lanes), np.int16)  # scratch of median_lanes
+    slot_rows = np.arange(slots)
     block = np.empty((depth, n_groups * lanes), np.float32)
     cnt = np.empty(n_groups * lanes, np.int64)
     gmed = np.empty(n_groups * lanes, np.float32)
@@ -590,17 +597,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
         nb = min(lanes, hi - r0)
         _to_lanes(x, r0, nb, xt)
         # the meter's typical working-hours use: a median, so one wild reading cannot move it
-        for lane in range(lanes):
-            wcount[lane] = 0
-        for j in range(n_work):
-            src = xt[work_cols[j]]
-            dst = wblock[j]
-            for lane in range(lanes):
-                v = src[lane]
-                keep = v >= 0  # NaN fails too
-                dst[lane] = v if keep else inf
-                wcount[lane] += keep
-        _median_columns(wblock, wcount, net_a, net_b, net_at, net_skip, NET_WORKING, n_work, lanes, wl_l)
+        median_lanes(xt, work_cols, mkeys, wl_l)
         most = 0  # the longest memory of the batch, in weeks
         for lane in range(lanes):
             r = r0 + (lane if lane < nb else 0)
@@ -687,21 +684,16 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                         med, mad = _median_mad(small, n, srt, keys, hist)
                         cell_med[w * slots + s, lane] = med
                         mads[s, lane] = mad
-            for lane in range(lanes):
-                pcount[lane] = 0
-            for s in range(slots):
-                src = mads[s]
-                dst = pblock[s]
-                for lane in range(lanes):
-                    mad = src[lane]
-                    dst[lane] = inf if np.isnan(mad) else mad
-                    pcount[lane] += not np.isnan(mad)
             pw = pooled[w - 1]
-            if w == 1:
+            if w == 1:  # one week behind: each MAD is 0 (or NaN: no value), and so is their median
                 for lane in range(lanes):
-                    pw[lane] = f32(0.0) if pcount[lane] > 0 else nan
+                    pw[lane] = nan
+                for s in range(slots):
+                    src = mads[s]
+                    for lane in range(lanes):
+                        pw[lane] = pw[lane] if np.isnan(src[lane]) else f32(0.0)
             else:
-                _median_columns(pblock, pcount, net_a, net_b, net_at, net_skip, NET_SLOTS, slots, lanes, pw)
+                median_lanes(mads, slot_rows, mkeys, pw)
             # the spread: the slot's MAD, at least the week's pooled MAD and a share of the level
             for s in range(slots):
                 src = mads[s]
@@ -775,6 +767,10 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
         for lane in range(nb):
             r = r0 + lane
             row = x[r]
+            if r + lanes < hi:  # the next batch's row on its way from DRAM while this one computes
+                prefetch(x[r + lanes], 0, t, False)
+            prefetch(kind_out[r], 0, t, True)
+            prefetch(score_out[r], 0, t, True)
             wl = wl_l[lane]
             limit = limit_l[lane]
             k_med = k_med_l[lane]

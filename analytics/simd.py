@@ -231,3 +231,140 @@ def _block_sorter(rows: int) -> Any:
 
 sort_blocks16 = _block_sorter(BLOCK)
 sort_blocks8 = _block_sorter(SMALL_BLOCK)
+
+
+@intrinsic
+def prefetch(typingctx: Any, arr: Any, start: Any, count: Any, write: Any) -> Any:
+    """Ask the CPU to fetch elements start .. start + count - 1 of flat array ``arr`` into its L2 cache (for a
+    write if ``write``, a compile-time constant), one request per 64-byte line, without waiting for them.
+
+    The kernel reads the next batch's rows and writes its output rows while the current batch still computes:
+    out of DRAM each would otherwise stall the core for the whole round trip.
+    """
+    if not (isinstance(arr, types.Array) and isinstance(write, types.BooleanLiteral)):
+        return None
+    sig = types.void(arr, start, count, write)
+    rw = int(write.literal_value)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        a = context.make_array(signature.args[0])(context, builder, args[0])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        size = context.get_abi_sizeof(context.get_data_type(signature.args[0].dtype))
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        base = builder.bitcast(builder.gep(a.data, [args[1]]), i8p)
+        nbytes = builder.mul(args[2], ir.Constant(_I64, size))
+        lines = builder.udiv(builder.add(nbytes, ir.Constant(_I64, 63)), ir.Constant(_I64, 64))
+        with cgutils.for_range(builder, lines) as loop:
+            ptr = builder.gep(base, [builder.mul(loop.index, ir.Constant(_I64, 64))])
+            builder.call(fn, [ptr, ir.Constant(i32, rw), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def median_lanes(typingctx: Any, block: Any, rows: Any, keys: Any, out: Any) -> Any:
+    """out[c] = median of the values v >= 0 in column c of rows ``rows`` of ``block`` [*, 32] float32 (NaN and
+    negatives are no value), as (lower middle + upper middle) / 2; NaN where none. At most 32767 rows.
+
+    The lower middle is found by its bits, most significant first, for all 32 columns at once: each value's bits,
+    made an unsigned key in the values' order, split in halves of 16 bits so that one vector holds the 32
+    columns; the answer grows one bit a round while no more than its rank of keys are at most the candidate.
+    First the high half over all keys, then the low half over the keys of that high half. 32 rounds of one
+    compare and one add per value replace a sorting network's comparators, each of which stores two rows.
+    The upper middle is then the lower one again, or the smallest key above it. ``keys`` [3 x rows or more, 32]
+    int16 is scratch. The result is a value of the column, as a network's would be (only -0.0 and 0.0, equal,
+    may trade places).
+    """
+    sig = types.void(block, rows, keys, out)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        blk, idx, ks, o = (context.make_array(ty)(context, builder, a)
+                           for ty, a in zip(signature.args, args, strict=True))
+        n = LANES
+        f32v = ir.VectorType(ir.FloatType(), n)
+        i32v = ir.VectorType(ir.IntType(32), n)
+        i16v = ir.VectorType(ir.IntType(16), n)
+
+        def splat(value: int, vty: Any = i32v) -> Any:
+            return ir.Constant(vty, [value] * n)
+
+        def row(arr: Any, r: Any, vty: Any) -> Any:
+            return builder.bitcast(builder.gep(arr.data, [builder.mul(r, ir.Constant(_I64, n))]), vty.as_pointer())
+
+        def load(arr: Any, r: Any, vty: Any) -> Any:
+            return builder.load(row(arr, r, vty), align=2)
+
+        size = builder.extract_value(idx.shape, 0)
+        top = splat(-(2**31))
+        count = cgutils.alloca_once_value(builder, splat(0, i16v))
+        lower = cgutils.alloca_once_value(builder, splat(0))
+        above = cgutils.alloca_once_value(builder, splat(-1))  # the smallest key above the lower middle
+        with cgutils.for_range(builder, size) as loop:  # keys: the sign bit flipped (-0.0 the smallest)
+            v = builder.load(row(blk, builder.load(builder.gep(idx.data, [loop.index])), f32v), align=4)
+            bits = builder.bitcast(v, i32v)
+            valid = builder.fcmp_ordered(">=", v, ir.Constant(f32v, None))
+            key = builder.select(valid, builder.xor(bits, top), splat(-1))  # no value: the largest key
+            builder.store(builder.sub(builder.load(count), builder.sext(valid, i16v)), count)
+            builder.store(builder.trunc(builder.lshr(key, splat(16)), i16v), row(ks, loop.index, i16v), align=2)
+            builder.store(builder.trunc(key, i16v), row(ks, builder.add(loop.index, size), i16v), align=2)
+        total = builder.load(count)
+        k_lo = builder.ashr(builder.sub(total, splat(1, i16v)), splat(1, i16v))  # the lower middle's rank
+        k_hi = builder.ashr(total, splat(1, i16v))
+
+        def tally(first: Any, pred: str, limit: Any) -> Any:
+            """How many keys of each column, rows first .. first + size - 1 of ``keys``, are ``pred`` limit."""
+            acc = cgutils.alloca_once_value(builder, splat(0, i16v))
+            with cgutils.for_range(builder, size) as loop:
+                hit = builder.icmp_unsigned(pred, load(ks, builder.add(first, loop.index), i16v), limit)
+                builder.store(builder.sub(builder.load(acc), builder.sext(hit, i16v)), acc)
+            return builder.load(acc)
+
+        def search(first: Any, rank: Any) -> Any:
+            """The key of that rank (0: the smallest) among the rows first .. first + size - 1 of ``keys``."""
+            ans = cgutils.alloca_once_value(builder, splat(0, i16v))
+            with cgutils.for_range(builder, ir.Constant(_I64, 16)) as rounds:
+                shift = builder.trunc(builder.sub(ir.Constant(_I64, 15), rounds.index), ir.IntType(16))
+                one = builder.insert_element(ir.Constant(i16v, ir.Undefined), shift, ir.Constant(ir.IntType(32), 0))
+                bit = builder.shl(splat(1, i16v), builder.shuffle_vector(one, one, ir.Constant(i32v, None)))
+                low = builder.load(ans)
+                below = tally(first, "<=", builder.or_(low, builder.sub(bit, splat(1, i16v))))
+                builder.store(builder.select(builder.icmp_signed("<=", below, rank), builder.or_(low, bit), low), ans)
+            return builder.load(ans)
+
+        zero = ir.Constant(_I64, 0)
+        high = search(zero, k_lo)
+        rank = builder.sub(k_lo, tally(zero, "<", high))
+        twice = builder.add(size, size)
+        with cgutils.for_range(builder, size) as loop:  # the low halves, those of other high halves never counted
+            same = builder.icmp_unsigned("==", load(ks, loop.index, i16v), high)
+            low = load(ks, builder.add(loop.index, size), i16v)
+            builder.store(builder.select(same, low, splat(-1, i16v)), row(ks, builder.add(loop.index, twice), i16v),
+                          align=2)
+        builder.store(builder.or_(builder.shl(builder.zext(high, i32v), splat(16)),
+                                  builder.zext(search(twice, rank), i32v)), lower)
+        first = builder.load(lower)
+        at_most = cgutils.alloca_once_value(builder, splat(0))
+        with cgutils.for_range(builder, size) as loop:
+            key = builder.or_(builder.shl(builder.zext(load(ks, loop.index, i16v), i32v), splat(16)),
+                              builder.zext(load(ks, builder.add(loop.index, size), i16v), i32v))
+            builder.store(builder.sub(builder.load(at_most), builder.sext(builder.icmp_unsigned("<=", key, first),
+                                                                          i32v)), at_most)
+            best = builder.load(above)
+            better = builder.and_(builder.icmp_unsigned(">", key, first), builder.icmp_unsigned("<", key, best))
+            builder.store(builder.select(better, key, best), above)
+        upper = builder.select(builder.icmp_signed(">", builder.load(at_most), builder.sext(k_hi, i32v)), first,
+                               builder.load(above))
+
+        def value(key: Any) -> Any:
+            return builder.bitcast(builder.xor(key, top), f32v)
+
+        med = builder.fmul(builder.fadd(value(first), value(upper)), ir.Constant(f32v, [0.5] * n))
+        med = builder.select(builder.icmp_signed(">", total, splat(0, i16v)), med,
+                             ir.Constant(f32v, [float("nan")] * n))
+        builder.store(med, row(o, ir.Constant(_I64, 0), f32v), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
