@@ -565,7 +565,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     any_sus = np.empty(lanes, np.bool_)
     # the batch's medians: [values, (week or group x) LANES] blocks, the count of values of each column
     pooled = np.empty((n_past, lanes), np.float32)
-    mkeys = np.empty((3 * max(slots, n_work), lanes), np.int16)  # scratch of median_lanes
+    mkeys = np.empty((5 * max(slots, n_work), lanes), np.int8)  # scratch of median_lanes
     slot_rows = np.arange(slots)
     block = np.empty((depth, n_groups * lanes), np.float32)
     cnt = np.empty(n_groups * lanes, np.int64)

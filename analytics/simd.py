@@ -267,16 +267,16 @@ def prefetch(typingctx: Any, arr: Any, start: Any, count: Any, write: Any) -> An
 @intrinsic
 def median_lanes(typingctx: Any, block: Any, rows: Any, keys: Any, out: Any) -> Any:
     """out[c] = median of the values v >= 0 in column c of rows ``rows`` of ``block`` [*, 32] float32 (NaN and
-    negatives are no value), as (lower middle + upper middle) / 2; NaN where none. At most 32767 rows.
+    negatives are no value), as (lower middle + upper middle) / 2; NaN where none.
 
-    The lower middle is found by its bits, most significant first, for all 32 columns at once: each value's bits,
-    made an unsigned key in the values' order, split in halves of 16 bits so that one vector holds the 32
-    columns; the answer grows one bit a round while no more than its rank of keys are at most the candidate.
-    First the high half over all keys, then the low half over the keys of that high half. 32 rounds of one
-    compare and one add per value replace a sorting network's comparators, each of which stores two rows.
-    The upper middle is then the lower one again, or the smallest key above it. ``keys`` [3 x rows or more, 32]
-    int16 is scratch. The result is a value of the column, as a network's would be (only -0.0 and 0.0, equal,
-    may trade places).
+    The lower middle is found by its bits, most significant first, for all 32 columns at once. Each value's
+    bits, made an unsigned key in the values' order, are cut into four bytes, so that one 256-bit vector holds
+    a byte of the 32 columns; byte by byte, among the keys that share the bytes found so far, the answer grows
+    one bit a round while no more than its rank of keys are at most the candidate. 32 rounds of one compare and
+    one add per value (bytes counted in runs of 255 rows) replace a sorting network's comparators, each of which
+    stores two rows. The upper middle is then the lower one again, or the smallest key above it. ``keys``
+    [5 x rows or more, 32] int8 is scratch. The result is a value of the column, as a network's would be (only
+    -0.0 and 0.0, equal, may trade places).
     """
     sig = types.void(block, rows, keys, out)
 
@@ -286,85 +286,109 @@ def median_lanes(typingctx: Any, block: Any, rows: Any, keys: Any, out: Any) -> 
         n = LANES
         f32v = ir.VectorType(ir.FloatType(), n)
         i32v = ir.VectorType(ir.IntType(32), n)
-        i16v = ir.VectorType(ir.IntType(16), n)
+        i8v = ir.VectorType(ir.IntType(8), n)
 
         def splat(value: int, vty: Any = i32v) -> Any:
             return ir.Constant(vty, [value] * n)
 
-        def row(arr: Any, r: Any, vty: Any) -> Any:
-            return builder.bitcast(builder.gep(arr.data, [builder.mul(r, ir.Constant(_I64, n))]), vty.as_pointer())
+        def const(value: int) -> Any:
+            return ir.Constant(_I64, value)
 
-        def load(arr: Any, r: Any, vty: Any) -> Any:
-            return builder.load(row(arr, r, vty), align=2)
+        def row(arr: Any, r: Any, vty: Any) -> Any:
+            return builder.bitcast(builder.gep(arr.data, [builder.mul(r, const(n))]), vty.as_pointer())
 
         size = builder.extract_value(idx.shape, 0)
-        top = splat(-(2**31))
-        count = cgutils.alloca_once_value(builder, splat(0, i16v))
-        lower = cgutils.alloca_once_value(builder, splat(0))
-        above = cgutils.alloca_once_value(builder, splat(-1))  # the smallest key above the lower middle
-        with cgutils.for_range(builder, size) as loop:  # keys: the sign bit flipped (-0.0 the smallest)
-            v = builder.load(row(blk, builder.load(builder.gep(idx.data, [loop.index])), f32v), align=4)
-            bits = builder.bitcast(v, i32v)
-            valid = builder.fcmp_ordered(">=", v, ir.Constant(f32v, None))
-            key = builder.select(valid, builder.xor(bits, top), splat(-1))  # no value: the largest key
-            builder.store(builder.sub(builder.load(count), builder.sext(valid, i16v)), count)
-            builder.store(builder.trunc(builder.lshr(key, splat(16)), i16v), row(ks, loop.index, i16v), align=2)
-            builder.store(builder.trunc(key, i16v), row(ks, builder.add(loop.index, size), i16v), align=2)
-        total = builder.load(count)
-        k_lo = builder.ashr(builder.sub(total, splat(1, i16v)), splat(1, i16v))  # the lower middle's rank
-        k_hi = builder.ashr(total, splat(1, i16v))
 
-        def tally(first: Any, pred: str, limit: Any) -> Any:
-            """How many keys of each column, rows first .. first + size - 1 of ``keys``, are ``pred`` limit."""
-            acc = cgutils.alloca_once_value(builder, splat(0, i16v))
-            with cgutils.for_range(builder, size) as loop:
-                hit = builder.icmp_unsigned(pred, load(ks, builder.add(first, loop.index), i16v), limit)
-                builder.store(builder.sub(builder.load(acc), builder.sext(hit, i16v)), acc)
+        def byte_row(region: int, j: Any) -> Any:
+            """Row j of region 0..3 of ``keys`` (the key's bytes, most significant first), 4 (who still counts)."""
+            return row(ks, builder.add(builder.mul(const(region), size), j), i8v)
+
+        top = splat(-(2**31))
+
+        def key_of(j: Any) -> tuple[Any, Any]:
+            """The key of each column at row j of ``rows`` (the sign bit flipped; no value: the largest key)."""
+            v = builder.load(row(blk, builder.load(builder.gep(idx.data, [j])), f32v), align=4)
+            valid = builder.fcmp_ordered(">=", v, ir.Constant(f32v, None))
+            return builder.select(valid, builder.xor(builder.bitcast(v, i32v), top), splat(-1)), valid
+
+        # bytes are stored with their top bit flipped too, so that signed byte compares order them as unsigned
+        flip8 = splat(-128, i8v)
+        count = cgutils.alloca_once_value(builder, splat(0))
+        with cgutils.for_range(builder, size) as loop:
+            key, valid = key_of(loop.index)
+            builder.store(builder.sub(builder.load(count), builder.sext(valid, i32v)), count)
+            for region in range(4):
+                byte = builder.trunc(builder.lshr(key, splat(24 - 8 * region)), i8v)
+                builder.store(builder.xor(byte, flip8), byte_row(region, loop.index), align=1)
+            builder.store(splat(-1, i8v), byte_row(4, loop.index), align=1)
+        total = builder.load(count)
+        k_lo = builder.ashr(builder.sub(total, splat(1)), splat(1))  # the lower middle's rank
+        k_hi = builder.ashr(total, splat(1))
+
+        runs = builder.udiv(builder.add(size, const(254)), const(255))
+
+        def tally(region: int, pred: str, limit: Any) -> Any:
+            """How many bytes of each column in ``region`` are ``pred`` limit (signed): counted in bytes over
+            runs of 255 rows."""
+            acc = cgutils.alloca_once_value(builder, splat(0))
+            with cgutils.for_range(builder, runs) as run:
+                start = builder.mul(run.index, const(255))
+                stop = builder.add(start, const(255))
+                stop = builder.select(builder.icmp_signed("<", size, stop), size, stop)
+                part = cgutils.alloca_once_value(builder, splat(0, i8v))
+                with cgutils.for_range_slice(builder, start, stop, const(1)) as (j, _):
+                    hit = builder.icmp_signed(pred, builder.load(byte_row(region, j), align=1), limit)
+                    builder.store(builder.sub(builder.load(part), builder.sext(hit, i8v)), part)
+                builder.store(builder.add(builder.load(acc), builder.zext(builder.load(part), i32v)), acc)
             return builder.load(acc)
 
-        def search(first: Any, rank: Any) -> Any:
-            """The key of that rank (0: the smallest) among the rows first .. first + size - 1 of ``keys``."""
-            ans = cgutils.alloca_once_value(builder, splat(0, i16v))
-            with cgutils.for_range(builder, ir.Constant(_I64, 16)) as rounds:
-                shift = builder.trunc(builder.sub(ir.Constant(_I64, 15), rounds.index), ir.IntType(16))
-                one = builder.insert_element(ir.Constant(i16v, ir.Undefined), shift, ir.Constant(ir.IntType(32), 0))
-                bit = builder.shl(splat(1, i16v), builder.shuffle_vector(one, one, ir.Constant(i32v, None)))
+        rank = k_lo
+        lower = splat(0)
+        one = builder.insert_element(ir.Constant(i32v, ir.Undefined), builder.trunc(size, ir.IntType(32)),
+                                     ir.Constant(ir.IntType(32), 0))
+        everyone = builder.shuffle_vector(one, one, ir.Constant(i32v, None))
+        found = splat(0, i8v)  # the byte found in the region before, flipped
+        excluded = splat(127, i8v)  # larger than any candidate: a byte whose key no longer counts
+        for region in range(4):
+            if region:  # keys whose bytes so far are the answer's go on counting; the others never again
+                with cgutils.for_range(builder, size) as loop:
+                    same = builder.icmp_signed("==", builder.load(byte_row(region - 1, loop.index), align=1), found)
+                    still = builder.and_(builder.load(byte_row(4, loop.index), align=1), builder.sext(same, i8v))
+                    builder.store(still, byte_row(4, loop.index), align=1)
+                    here = byte_row(region, loop.index)
+                    builder.store(builder.select(builder.icmp_signed("!=", still, splat(0, i8v)),
+                                                 builder.load(here, align=1), excluded), here, align=1)
+            ans = cgutils.alloca_once_value(builder, splat(0, i8v))  # the byte, unflipped
+            for b in range(7, -1, -1):
                 low = builder.load(ans)
-                below = tally(first, "<=", builder.or_(low, builder.sub(bit, splat(1, i16v))))
-                builder.store(builder.select(builder.icmp_signed("<=", below, rank), builder.or_(low, bit), low), ans)
-            return builder.load(ans)
+                candidate = builder.xor(builder.or_(low, splat((1 << b) - 1, i8v)), flip8)
+                below = builder.sub(everyone, tally(region, ">", candidate))  # keys still counted, at most it
+                builder.store(builder.select(builder.icmp_signed("<=", below, rank),
+                                             builder.or_(low, splat(1 << b, i8v)), low), ans)
+            found = builder.xor(builder.load(ans), flip8)
+            rank = builder.sub(rank, tally(region, "<", found))
+            lower = builder.or_(lower, builder.shl(builder.zext(builder.load(ans), i32v), splat(24 - 8 * region)))
 
-        zero = ir.Constant(_I64, 0)
-        high = search(zero, k_lo)
-        rank = builder.sub(k_lo, tally(zero, "<", high))
-        twice = builder.add(size, size)
-        with cgutils.for_range(builder, size) as loop:  # the low halves, those of other high halves never counted
-            same = builder.icmp_unsigned("==", load(ks, loop.index, i16v), high)
-            low = load(ks, builder.add(loop.index, size), i16v)
-            builder.store(builder.select(same, low, splat(-1, i16v)), row(ks, builder.add(loop.index, twice), i16v),
-                          align=2)
-        builder.store(builder.or_(builder.shl(builder.zext(high, i32v), splat(16)),
-                                  builder.zext(search(twice, rank), i32v)), lower)
-        first = builder.load(lower)
         at_most = cgutils.alloca_once_value(builder, splat(0))
+        above = cgutils.alloca_once_value(builder, splat(-1))  # the smallest key above the lower middle
         with cgutils.for_range(builder, size) as loop:
-            key = builder.or_(builder.shl(builder.zext(load(ks, loop.index, i16v), i32v), splat(16)),
-                              builder.zext(load(ks, builder.add(loop.index, size), i16v), i32v))
-            builder.store(builder.sub(builder.load(at_most), builder.sext(builder.icmp_unsigned("<=", key, first),
+            key, _ = key_of(loop.index)
+            builder.store(builder.sub(builder.load(at_most), builder.sext(builder.icmp_unsigned("<=", key, lower),
                                                                           i32v)), at_most)
             best = builder.load(above)
-            better = builder.and_(builder.icmp_unsigned(">", key, first), builder.icmp_unsigned("<", key, best))
+            better = builder.and_(builder.icmp_unsigned(">", key, lower), builder.icmp_unsigned("<", key, best))
             builder.store(builder.select(better, key, best), above)
-        upper = builder.select(builder.icmp_signed(">", builder.load(at_most), builder.sext(k_hi, i32v)), first,
+        upper = builder.select(builder.icmp_signed(">", builder.load(at_most), k_hi), lower,
                                builder.load(above))
 
         def value(key: Any) -> Any:
             return builder.bitcast(builder.xor(key, top), f32v)
 
-        med = builder.fmul(builder.fadd(value(first), value(upper)), ir.Constant(f32v, [0.5] * n))
-        med = builder.select(builder.icmp_signed(">", total, splat(0, i16v)), med,
+        med = builder.fmul(builder.fadd(value(lower), value(upper)), ir.Constant(f32v, [0.5] * n))
+        med = builder.select(builder.icmp_signed(">", total, splat(0)), med,
                              ir.Constant(f32v, [float("nan")] * n))
-        builder.store(med, row(o, ir.Constant(_I64, 0), f32v), align=4)
+        builder.store(med, row(o, const(0), f32v), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
+
