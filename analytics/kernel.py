@@ -555,6 +555,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     sust = np.empty((t, lanes), np.bool_)
     up_rows = np.empty((lanes, t), np.float32)
     par = np.empty((5, lanes), np.float32)
+    tpar = np.empty((5, lanes), np.float32)  # spike_z, waste_z, waste_rel and target_rel x level, contracted
+    news = np.empty(lanes, np.bool_)  # a meter with a missing reading
+    odd = np.empty(lanes, np.bool_)  # a meter with any other candidate: bad, zero, spike, waste, peak
     window_l = np.empty(lanes, np.int64)
     k_l = np.empty(lanes, np.int64)
     done = np.empty(lanes, np.bool_)
@@ -575,6 +578,13 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     k_pooled = np.empty(lanes, np.float32)
     k_med_l = np.empty((lanes, n_kinds), np.float32)
     k_mad_l = np.empty((lanes, n_kinds), np.float32)
+    k_med_t = np.empty((n_kinds, lanes), np.float32)  # the same, side by side
+    k_sig_t = np.empty((n_kinds, lanes), np.float32)
+    col_kind = np.empty(t, np.int64)  # each column's closed-hours kind
+    for q in range(kind_runs.shape[0]):
+        for j in range(kind_runs[q, 1]):
+            col_kind[kind_runs[q, 0] + j] = kind_runs[q, 2] + j
+    closed_cols = np.flatnonzero(~working)
     # one meter's rows
     clean = np.empty(t, np.float32)
     zero = np.empty(t, np.bool_)
@@ -618,6 +628,13 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             par[2, lane] = fp[r, F_DRIFT_KEEP]  # float32(1 - alpha), rounded once as the reference does
             par[3, lane] = fp[r, F_STEP_Z]
             par[4, lane] = fp[r, F_DRIFT_Z]
+            tpar[0, lane] = fp[r, F_SPIKE_Z]
+            tpar[1, lane] = fp[r, F_WASTE_Z]
+            tpar[2, lane] = fp[r, F_WASTE_REL] * wl
+            tpar[3, lane] = fp[r, F_TARGET_REL] * wl
+            tpar[4, lane] = fp[r, F_CONTRACTED]
+            news[lane] = False
+            odd[lane] = False
 
         # the clean batch (NaN: no value or out of range), in place; on the [weeks x slots] grid +inf where no
         # value, so it sorts last
@@ -633,6 +650,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 ok = (v >= 0) & (v <= limit_l[lane])
                 src[lane] = v if ok else nan
                 dst[lane] = v if ok else dst[lane]
+                missing = np.isnan(v)
+                news[lane] |= missing
+                odd[lane] |= (ok & (abs(v) < f32(1e-9))) | ~(ok | missing)  # a zero reading, or out of range
 
         # hour-of-week baseline: median and MAD of the same slot over the previous weeks; each week's MADs
         # pooled (their median) by a network down the block's columns. Week 1 has one week behind it: each MAD
@@ -729,9 +749,13 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
         else:
             _sustained_scalar(zt, cst, cnt_t, levelt, shortt, sust, any_sus, par, window_l)
         # then z with NaN as 0 (and +-inf as the largest float), row by row, for the scores
-        z_flat = zt.reshape(-1)
-        for e in range(t * lanes):
-            z_flat[e] = _nan_to_num(z_flat[e])
+        spike_l = tpar[0]
+        for i in range(t):
+            z_row = zt[i]
+            for lane in range(lanes):
+                u = _nan_to_num(z_row[lane])
+                z_row[lane] = u
+                odd[lane] |= u > spike_l[lane]  # a spike candidate
         _from_lanes(zt, up_rows)
 
         # closed-hours level per slot of the day, apart for open and closed days, over the whole window: the
@@ -762,6 +786,30 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 dst[lane] = inf if np.isnan(mad) else mad
                 kcount[lane] += not np.isnan(mad)
         _median_columns(kblock, kcount, net_a, net_b, net_at, net_skip, NET_KINDS, n_groups, lanes, k_pooled)
+        # waste and peak candidates of the whole batch, side by side: most meters have none, and then their rows
+        # need no closed-hours levels and no candidate pass (below)
+        for k in range(n_kinds):
+            med_row = k_med_t[k]
+            sig_row = k_sig_t[k]
+            for lane in range(lanes):
+                med_row[lane] = k_med_l[lane, k]
+                sig_row[lane] = f32(1.4826) * _fmax(_fmax(k_mad_l[lane, k], k_pooled[lane]),
+                                                    f32(0.02) * abs(k_med_l[lane, k]))
+        waste_z_l, waste_rel_l, target_l = tpar[1], tpar[2], tpar[3]
+        for i in closed_cols:
+            src = xt[i]
+            med_row = k_med_t[col_kind[i]]
+            sig_row = k_sig_t[col_kind[i]]
+            for lane in range(lanes):
+                cv = src[lane]
+                odd[lane] |= ((cv - med_row[lane] > _fmax(waste_z_l[lane] * sig_row[lane], waste_rel_l[lane]))
+                              | (has_target & (cv > target_l[lane])))
+        if has_peak:
+            contracted_l = tpar[4]
+            for i in range(t):
+                src = xt[i]
+                for lane in range(lanes):
+                    odd[lane] |= src[lane] * kw_factor > contracted_l[lane]
 
 
         for lane in range(nb):
@@ -771,6 +819,27 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 prefetch(x[r + lanes], 0, t, False)
             prefetch(kind_out[r], 0, t, True)
             prefetch(score_out[r], 0, t, True)
+            kind_row = kind_out[r]
+            score_row = score_out[r]
+            up = up_rows[lane]
+            if not (odd[lane] or any_sus[lane] or with_expected or not cumulative):
+                # no candidate but missing readings, if any: nothing to type but gaps
+                spike_z = tpar[0, lane]
+                first = t  # the meter's first reading: missing before it is not a gap
+                for i in range(t if news[lane] else 0):
+                    if not np.isnan(row[i]):
+                        first = i
+                        break
+                runs = news[lane] and ip[r, I_GAP_BUCKETS] > 1  # else every missing reading is a gap
+                if runs:
+                    for i in range(t):
+                        mask[i] = np.isnan(row[i]) & (i >= first)
+                    _keep_runs(mask, ip[r, I_GAP_BUCKETS], -1, gap)
+                for i in range(t):
+                    g = gap[i] if runs else np.isnan(row[i]) & (i >= first)
+                    kind_row[i] = GAP if g else -1
+                    score_row[i] = f32(1.0) if g else min(abs(up[i]) / spike_z, f32(0.999))
+                continue
             wl = wl_l[lane]
             limit = limit_l[lane]
             k_med = k_med_l[lane]
@@ -782,7 +851,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 if not np.isnan(row[i]):
                     first = i
                     break
-            up = up_rows[lane]
             for i in range(t):  # no branch on the data: vector steps
                 v = row[i]
                 out_of_range = (v < 0) | (v > limit)
@@ -874,8 +942,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             waste_rel = fp[r, F_WASTE_REL] * wl
             target = fp[r, F_TARGET_REL] * wl
             contracted = fp[r, F_CONTRACTED]
-            kind_row = kind_out[r]
-            score_row = score_out[r]
             first_hit = t  # the candidates' span: the walk below covers only it
             last_hit = -1
             for i in range(t):
