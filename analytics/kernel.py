@@ -605,6 +605,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
 
     for r0 in range(lo, hi, lanes):
         nb = min(lanes, hi - r0)
+        for lane in range(nb):  # the batch's output rows on their way while it computes
+            prefetch(kind_out[r0 + lane], 0, t, True)
+            prefetch(score_out[r0 + lane], 0, t, True)
         _to_lanes(x, r0, nb, xt)
         # the meter's typical working-hours use: a median, so one wild reading cannot move it
         median_lanes(xt, work_cols, mkeys, wl_l)
@@ -817,8 +820,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             row = x[r]
             if r + lanes < hi:  # the next batch's row on its way from DRAM while this one computes
                 prefetch(x[r + lanes], 0, t, False)
-            prefetch(kind_out[r], 0, t, True)
-            prefetch(score_out[r], 0, t, True)
             kind_row = kind_out[r]
             score_row = score_out[r]
             up = up_rows[lane]
