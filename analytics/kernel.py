@@ -29,6 +29,7 @@ from numba import njit
 from analytics.networks import BLOCK, SELECT_SLACK, SMALL_BLOCK
 from analytics.simd import (
     LANES,
+    any_waste,
     copy_lanes_inf,
     median_lanes,
     prefetch,
@@ -576,10 +577,9 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     kblock = np.empty((n_groups, lanes), np.float32)
     kcount = np.empty(lanes, np.int64)
     k_pooled = np.empty(lanes, np.float32)
-    k_med_l = np.empty((lanes, n_kinds), np.float32)
-    k_mad_l = np.empty((lanes, n_kinds), np.float32)
-    k_med_t = np.empty((n_kinds, lanes), np.float32)  # the same, side by side
-    k_sig_t = np.empty((n_kinds, lanes), np.float32)
+    k_med_t = np.empty((n_kinds, lanes), np.float32)  # [kind, meter]: closed-hours level, MAD
+    k_mad_t = np.empty((n_kinds, lanes), np.float32)
+    k_limit_t = np.empty((n_kinds, lanes), np.float32)  # the excess over the level that is waste
     col_kind = np.empty(t, np.int64)  # each column's closed-hours kind
     for q in range(kind_runs.shape[0]):
         for j in range(kind_runs[q, 1]):
@@ -591,13 +591,14 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     gap = np.empty(t, np.bool_)
     bad = np.empty(t, np.bool_)
     exp_c = np.empty(t, np.float32)
-    sig_c = np.empty(t, np.float32)
+    lim_c = np.empty(t, np.float32)
     mask = np.empty(t, np.bool_)
     flat = np.empty(t, np.bool_)
     spike = np.empty(t, np.bool_)
     step_f = np.zeros(t, np.bool_)
     drift_f = np.zeros(t, np.bool_)
-    k_sig = np.empty(n_kinds, np.float32)
+    k_med = np.empty(n_kinds, np.float32)  # one meter's, by kind
+    k_lim = np.empty(n_kinds, np.float32)
     keys = np.empty(max(t, 8) + 8, np.float32)  # scratch of the selects
     srt = np.empty(keys.size, np.float32)
     hist = np.empty(256, np.int32)
@@ -773,40 +774,43 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             _median_mad_columns(block, cnt, gmed, net_a, net_b, net_at, net_skip, NET_TIERS + 2 * q, tiers[q, 2],
                                 tiers[q, 0] * lanes, (tiers[q, 1] - tiers[q, 0]) * lanes)
         # each meter's closed-hours level and MAD per kind from its columns of the block; the MADs pooled
+        for k in range(n_kinds):
+            med_row = k_med_t[k]
+            mad_row = k_mad_t[k]
+            for lane in range(lanes):
+                med_row[lane] = nan
+                mad_row[lane] = nan
         for lane in range(lanes):
             kcount[lane] = 0
-            for k in range(n_kinds):
-                k_med_l[lane, k] = nan
-                k_mad_l[lane, k] = nan
         for g in range(n_groups):  # a kind has one group at most, so the groups' MADs are the kinds'
             dst = kblock[g]
+            med_row = k_med_t[group_kind[g]]
+            mad_row = k_mad_t[group_kind[g]]
             for lane in range(lanes):
                 c = g * lanes + lane
                 n = cnt[c]
                 mad = (block[(n - 1) // 2, c] + block[n // 2, c]) * f32(0.5) if n > 0 else nan
-                k_med_l[lane, group_kind[g]] = gmed[c]
-                k_mad_l[lane, group_kind[g]] = mad
+                med_row[lane] = gmed[c]
+                mad_row[lane] = mad
                 dst[lane] = inf if np.isnan(mad) else mad
                 kcount[lane] += not np.isnan(mad)
         _median_columns(kblock, kcount, net_a, net_b, net_at, net_skip, NET_KINDS, n_groups, lanes, k_pooled)
         # waste and peak candidates of the whole batch, side by side: most meters have none, and then their rows
         # need no closed-hours levels and no candidate pass (below)
-        for k in range(n_kinds):
-            med_row = k_med_t[k]
-            sig_row = k_sig_t[k]
-            for lane in range(lanes):
-                med_row[lane] = k_med_l[lane, k]
-                sig_row[lane] = f32(1.4826) * _fmax(_fmax(k_mad_l[lane, k], k_pooled[lane]),
-                                                    f32(0.02) * abs(k_med_l[lane, k]))
         waste_z_l, waste_rel_l, target_l = tpar[1], tpar[2], tpar[3]
-        for i in closed_cols:
-            src = xt[i]
-            med_row = k_med_t[col_kind[i]]
-            sig_row = k_sig_t[col_kind[i]]
+        for k in range(n_kinds):  # each kind's waste threshold: the spread (its MAD, at least the pooled one)
+            med_row = k_med_t[k]
+            mad_row = k_mad_t[k]
+            limit_row = k_limit_t[k]
             for lane in range(lanes):
-                cv = src[lane]
-                odd[lane] |= ((cv - med_row[lane] > _fmax(waste_z_l[lane] * sig_row[lane], waste_rel_l[lane]))
-                              | (has_target & (cv > target_l[lane])))
+                sig = f32(1.4826) * _fmax(_fmax(mad_row[lane], k_pooled[lane]), f32(0.02) * abs(med_row[lane]))
+                limit_row[lane] = _fmax(waste_z_l[lane] * sig, waste_rel_l[lane])
+        any_waste(xt, closed_cols, col_kind, k_med_t, k_limit_t, odd)
+        if has_target:
+            for i in closed_cols:
+                src = xt[i]
+                for lane in range(lanes):
+                    odd[lane] |= src[lane] > target_l[lane]
         if has_peak:
             contracted_l = tpar[4]
             for i in range(t):
@@ -843,8 +847,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 continue
             wl = wl_l[lane]
             limit = limit_l[lane]
-            k_med = k_med_l[lane]
-            k_mad = k_mad_l[lane]
             spike_z = fp[r, F_SPIKE_Z]
             # one pass: the clean row, the gap and flatline candidates
             first = t  # the meter's first reading: missing before it is not a gap
@@ -866,15 +868,17 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                     zero[i] = clean[i] == clean[i - 1]
             _keep_runs(mask, ip[r, I_GAP_BUCKETS], -1, gap)
             for k in range(n_kinds):
-                k_sig[k] = f32(1.4826) * _fmax(_fmax(k_mad[k], k_pooled[lane]), f32(0.02) * abs(k_med[k]))
-            # each column's closed-hours kind: runs of consecutive columns of consecutive kinds, copied
+                k_med[k] = k_med_t[k, lane]
+                k_lim[k] = k_limit_t[k, lane]
+            # each column's closed-hours level and waste threshold: runs of consecutive columns of consecutive
+            # kinds, copied
             for q in range(kind_runs.shape[0]):
                 start, length, kind0 = kind_runs[q, 0], kind_runs[q, 1], kind_runs[q, 2]
-                e_run, s_run = exp_c[start:start + length], sig_c[start:start + length]
-                med_run, sig_run = k_med[kind0:kind0 + length], k_sig[kind0:kind0 + length]
+                e_run, l_run = exp_c[start:start + length], lim_c[start:start + length]
+                med_run, lim_run = k_med[kind0:kind0 + length], k_lim[kind0:kind0 + length]
                 for j in range(length):
                     e_run[j] = med_run[j]
-                    s_run[j] = sig_run[j]
+                    l_run[j] = lim_run[j]
 
             # flatline: zero (or a repeated instantaneous value) for a while where consumption was expected
             any_flat = _keep_runs(zero, ip[r, I_FLAT_BUCKETS], -1, flat)
@@ -939,15 +943,13 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             # waste after hours / on closed days, peak demand, then one type per bucket by priority. Few buckets
             # are flagged: a vector pass writes the unflagged outcome and marks the candidates of any type, then
             # only those walk the priority chain.
-            waste_z = fp[r, F_WASTE_Z]
-            waste_rel = fp[r, F_WASTE_REL] * wl
             target = fp[r, F_TARGET_REL] * wl
             contracted = fp[r, F_CONTRACTED]
             first_hit = t  # the candidates' span: the walk below covers only it
             last_hit = -1
             for i in range(t):
                 cv = clean[i]
-                waste = (cv - exp_c[i] > _fmax(waste_z * sig_c[i], waste_rel)) | (has_target & (cv > target))
+                waste = (cv - exp_c[i] > lim_c[i]) | (has_target & (cv > target))
                 cand = (bad[i] | gap[i] | flat[i] | spike[i] | step_f[i] | drift_f[i] | (waste & ~working[i])
                         | (has_peak & (cv * kw_factor > contracted)))
                 mask[i] = cand
@@ -984,7 +986,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                     sc = up[i] / spike_z
                 if k < 0 and not working[i]:
                     excess = cv - exp_c[i]
-                    threshold = _fmax(waste_z * sig_c[i], waste_rel)
+                    threshold = lim_c[i]
                     waste = excess > threshold or (has_target and cv > target)
                     if waste:
                         k = AFTER_HOURS if open_day[i] else HOLIDAY

@@ -392,3 +392,32 @@ def median_lanes(typingctx: Any, block: Any, rows: Any, keys: Any, out: Any) -> 
 
     return sig, codegen
 
+
+
+@intrinsic
+def any_waste(typingctx: Any, xt: Any, cols: Any, col_kind: Any, level: Any, limit: Any, found: Any) -> Any:
+    """found[m] |= xt[i, m] - level[col_kind[i], m] > limit[col_kind[i], m] for any i of ``cols``: a batch's
+    closed-hours columns against each kind's level and waste threshold ([kinds, 32] float32), 32 meters at
+    once. The answer stays in a register: a loop of numba's would load and store ``found`` at every column."""
+    sig = types.void(xt, cols, col_kind, level, limit, found)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        x, cs, ck, lv, lm, fd = (context.make_array(ty)(context, builder, a)
+                                 for ty, a in zip(signature.args, args, strict=True))
+        f32v = ir.VectorType(ir.FloatType(), LANES)
+        i8v = ir.VectorType(ir.IntType(8), LANES)
+        seen = cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(ir.IntType(1), LANES), None))
+
+        def load(arr: Any, r: Any) -> Any:
+            return builder.load(_row(builder, arr, builder.mul(r, ir.Constant(_I64, LANES)), f32v), align=4)
+
+        with cgutils.for_range(builder, builder.extract_value(cs.shape, 0)) as loop:
+            i = builder.load(builder.gep(cs.data, [loop.index]))
+            k = builder.load(builder.gep(ck.data, [i]))
+            over = builder.fcmp_ordered(">", builder.fsub(load(x, i), load(lv, k)), load(lm, k))
+            builder.store(builder.or_(builder.load(seen), over), seen)
+        out = builder.bitcast(builder.gep(fd.data, [ir.Constant(_I64, 0)]), i8v.as_pointer())
+        builder.store(builder.or_(builder.load(out, align=1), builder.zext(builder.load(seen), i8v)), out, align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen

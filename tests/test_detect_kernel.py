@@ -90,8 +90,10 @@ def test_kernel_matches_the_reference_on_a_time_axis_with_a_hole() -> None:
     x[45:50, 600:602] = np.nan  # a gap of two buckets
     x[50:55, :40] = np.nan  # meters that start late: no gap before their first reading
     x[55:60, 410:415] = 0  # stuck for a few hours only: a flatline and nothing else
+    night = np.flatnonzero(~masks.working[600:700])[:6] + 600
+    x[60:65, night] *= 2  # lights left on for a night: waste, and (with spikes out of reach) nothing else
     for kwargs in ({}, {"cumulative": False}, {"params": DetectorParams(max_weeks=6)},
-                   {"params": DetectorParams(gap_buckets=2)}):
+                   {"params": DetectorParams(gap_buckets=2)}, {"params": DetectorParams(spike_z=40.0)}):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             assert_same(detect_both_ways(x=x, masks=masks, step_minutes=60, **kwargs),  # type: ignore[arg-type]
