@@ -30,6 +30,7 @@ from analytics.networks import BLOCK, SELECT_SLACK, SMALL_BLOCK
 from analytics.simd import (
     LANES,
     any_waste,
+    clean_lanes,
     copy_lanes_inf,
     median_lanes,
     prefetch,
@@ -646,17 +647,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             row = cube[c]
             for lane in range(lanes):
                 row[lane] = inf
-        for i in range(t):
-            src = xt[i]
-            dst = cube[cell[i]]  # a cell seen twice keeps its last column
-            for lane in range(lanes):
-                v = src[lane]
-                ok = (v >= 0) & (v <= limit_l[lane])
-                src[lane] = v if ok else nan
-                dst[lane] = v if ok else dst[lane]
-                missing = np.isnan(v)
-                news[lane] |= missing
-                odd[lane] |= (ok & (abs(v) < f32(1e-9))) | ~(ok | missing)  # a zero reading, or out of range
+        clean_lanes(xt, cell, cube, limit_l, news, odd)  # a cell seen twice keeps its last column
 
         # hour-of-week baseline: median and MAD of the same slot over the previous weeks; each week's MADs
         # pooled (their median) by a network down the block's columns. Week 1 has one week behind it: each MAD

@@ -421,3 +421,48 @@ def any_waste(typingctx: Any, xt: Any, cols: Any, col_kind: Any, level: Any, lim
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def clean_lanes(typingctx: Any, xt: Any, cell: Any, cube: Any, limit: Any, news: Any, odd: Any) -> Any:
+    """A batch's readings ``xt`` [t, 32] float32 cleaned in place (NaN where missing, negative or above the
+    meter's ``limit`` [32]) and each valid one also put in its cell ``cube[cell[i]]`` of the week grid.
+    ``news[m]`` |= meter m missed a reading; ``odd[m]`` |= it read zero, or out of range: the batch's candidates
+    of a gap, a flatline or a bad value, found on the way, the answers kept in registers."""
+    sig = types.void(xt, cell, cube, limit, news, odd)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        x, cl, cb, lim, nw, od = (context.make_array(ty)(context, builder, a)
+                                  for ty, a in zip(signature.args, args, strict=True))
+        f32v = ir.VectorType(ir.FloatType(), LANES)
+        i8v = ir.VectorType(ir.IntType(8), LANES)
+        b1v = ir.VectorType(ir.IntType(1), LANES)
+        fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32v, [f32v]), f"llvm.fabs.v{LANES}f32")
+        top = builder.load(_row(builder, lim, ir.Constant(_I64, 0), f32v), align=4)
+        missed = cgutils.alloca_once_value(builder, ir.Constant(b1v, None))
+        strange = cgutils.alloca_once_value(builder, ir.Constant(b1v, None))
+
+        def ptr(arr: Any, r: Any) -> Any:
+            return _row(builder, arr, builder.mul(r, ir.Constant(_I64, LANES)), f32v)
+
+        with cgutils.for_range(builder, builder.extract_value(x.shape, 0)) as loop:
+            i = loop.index
+            v = builder.load(ptr(x, i), align=4)
+            ok = builder.and_(builder.fcmp_ordered(">=", v, ir.Constant(f32v, None)),
+                              builder.fcmp_ordered("<=", v, top))
+            builder.store(builder.select(ok, v, ir.Constant(f32v, [float("nan")] * LANES)), ptr(x, i), align=4)
+            dst = ptr(cb, builder.load(builder.gep(cl.data, [i])))
+            builder.store(builder.select(ok, v, builder.load(dst, align=4)), dst, align=4)
+            missing = builder.fcmp_unordered("uno", v, v)
+            zero = builder.fcmp_ordered("<", builder.call(fabs, [v]), ir.Constant(f32v, [1e-9] * LANES))
+            builder.store(builder.or_(builder.load(missed), missing), missed)
+            builder.store(builder.or_(builder.load(strange), builder.or_(builder.and_(ok, zero),
+                                                                         builder.not_(builder.or_(ok, missing)))),
+                          strange)
+        for arr, flags in ((nw, missed), (od, strange)):
+            out = builder.bitcast(builder.gep(arr.data, [ir.Constant(_I64, 0)]), i8v.as_pointer())
+            builder.store(builder.or_(builder.load(out, align=1), builder.zext(builder.load(flags), i8v)), out,
+                          align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
