@@ -32,6 +32,7 @@ from analytics.simd import (
     any_waste,
     clean_lanes,
     copy_lanes_inf,
+    finite_lanes,
     median_lanes,
     prefetch,
     sort_blocks8,
@@ -744,13 +745,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
         else:
             _sustained_scalar(zt, cst, cnt_t, levelt, shortt, sust, any_sus, par, window_l)
         # then z with NaN as 0 (and +-inf as the largest float), row by row, for the scores
-        spike_l = tpar[0]
-        for i in range(t):
-            z_row = zt[i]
-            for lane in range(lanes):
-                u = _nan_to_num(z_row[lane])
-                z_row[lane] = u
-                odd[lane] |= u > spike_l[lane]  # a spike candidate
+        finite_lanes(zt, tpar[0], odd)  # and spike candidates
         _from_lanes(zt, up_rows)
 
         # closed-hours level per slot of the day, apart for open and closed days, over the whole window: the

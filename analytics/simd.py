@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -463,6 +464,36 @@ def clean_lanes(typingctx: Any, xt: Any, cell: Any, cube: Any, limit: Any, news:
             out = builder.bitcast(builder.gep(arr.data, [ir.Constant(_I64, 0)]), i8v.as_pointer())
             builder.store(builder.or_(builder.load(out, align=1), builder.zext(builder.load(flags), i8v)), out,
                           align=1)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def finite_lanes(typingctx: Any, zt: Any, spike: Any, odd: Any) -> Any:
+    """``zt`` [t, 32] float32 with NaN as 0 and +-inf as the largest float (``np.nan_to_num``), in place;
+    ``odd[m]`` |= some z of meter m is above its ``spike`` [32] threshold: a spike candidate, the answer kept in
+    a register."""
+    sig = types.void(zt, spike, odd)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        z, sp, od = (context.make_array(ty)(context, builder, a) for ty, a in zip(signature.args, args, strict=True))
+        f32v = ir.VectorType(ir.FloatType(), LANES)
+        i8v = ir.VectorType(ir.IntType(8), LANES)
+        big = ir.Constant(f32v, [float(np.finfo(np.float32).max)] * LANES)
+        small = ir.Constant(f32v, [-float(np.finfo(np.float32).max)] * LANES)
+        limit = builder.load(_row(builder, sp, ir.Constant(_I64, 0), f32v), align=4)
+        seen = cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(ir.IntType(1), LANES), None))
+        with cgutils.for_range(builder, builder.extract_value(z.shape, 0)) as loop:
+            p = _row(builder, z, builder.mul(loop.index, ir.Constant(_I64, LANES)), f32v)
+            v = builder.load(p, align=4)
+            v = builder.select(builder.fcmp_unordered("uno", v, v), ir.Constant(f32v, None), v)
+            v = builder.select(builder.fcmp_ordered(">", v, big), big, v)
+            v = builder.select(builder.fcmp_ordered("<", v, small), small, v)
+            builder.store(v, p, align=4)
+            builder.store(builder.or_(builder.load(seen), builder.fcmp_ordered(">", v, limit)), seen)
+        out = builder.bitcast(builder.gep(od.data, [ir.Constant(_I64, 0)]), i8v.as_pointer())
+        builder.store(builder.or_(builder.load(out, align=1), builder.zext(builder.load(seen), i8v)), out, align=1)
         return context.get_dummy_value()
 
     return sig, codegen
