@@ -1,16 +1,18 @@
 """The detector pass compiled (numba): every detector over batches of meters, no per-meter Python.
 
 The numpy formulation (``analytics.reference``) makes ~150 passes over the whole matrix and its temporaries; here
-a batch of ``LANES`` meters stays in the CPU caches while every detector reads it, about 6 ns of CPU per bucket
+a batch of ``LANES`` meters stays in the CPU caches while every detector reads it, about 4 ns of CPU per bucket
 (bench/analytics.py). A batch is first held side by side, [buckets x meters] (``analytics.simd`` turns it), so
-that each step along time is one vector operation across the meters: the working level, the hour-of-week
-baseline (median and MAD of each slot over the previous weeks: a branch-free sorting network of four), z, the
-closed-hours levels, and the running sum and EWMA of z, chains of dependent steps that no row-wise loop can
-vectorize. Medians of many values (the working level, each week's pooled MAD, the closed-hours groups) are found
-by one sorting network down the columns of a [values x meters] block, each step a vector min/max across the
-meters, pruned to the middle ranks (a median needs no full sort); closed-hours groups go in tiers of one size,
-each with a network of its size. Then each meter's row on its own for what is rare: runs of flags, the detail of
-candidates, and one type per bucket (a vector pass finds the candidates, only those take the detailed path).
+that each step along time is one vector operation across the meters: cleaning, the working level, the
+hour-of-week baseline (median and MAD of each slot over the previous weeks: a branch-free sorting network of
+four), z, the closed-hours levels, the running sum and EWMA of z (chains of dependent steps that no row-wise loop
+can vectorize), and the candidates of every rare type. Medians of many values go down the columns of a
+[values x meters] block: the working level and each week's pooled MAD by their bits (``simd.median_lanes``),
+the closed-hours groups (a few to a few dozen values each) by sorting networks, each step a vector min/max
+across the meters, pruned to the middle ranks (a median needs no full sort), in tiers of groups of one size.
+Then each meter's row on its own: most meters have no candidate but missing readings, and their row is only
+written (gaps, and the score of every bucket); the others get runs of flags, the detail of candidates, and one
+type per bucket (a vector pass finds the candidates, only those take the detailed path).
 Loops are written so LLVM vectorizes them: from index 0 over slices (numba guards an index it cannot prove
 non-negative, and such a loop stays scalar), long loops down whole blocks where every meter does the same, and
 the batch width given at run time (a loop of a known 32 steps is unrolled, and unrolled LLVM cannot prove the
@@ -569,7 +571,8 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     limit_l = np.empty(lanes, np.float32)
     wl_l = np.empty(lanes, np.float32)
     any_sus = np.empty(lanes, np.bool_)
-    # the batch's medians: [values, (week or group x) LANES] blocks, the count of values of each column
+    # the batch's medians: scratch of the bitwise ones, the pooled MADs; the closed-hours groups' [values,
+    # group x LANES] blocks and the count of values of each column
     pooled = np.empty((n_past, lanes), np.float32)
     mkeys = np.empty((5 * max(slots, n_work), lanes), np.int8)  # scratch of median_lanes
     slot_rows = np.arange(slots)
@@ -651,8 +654,8 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
         clean_lanes(xt, cell, cube, limit_l, news, odd)  # a cell seen twice keeps its last column
 
         # hour-of-week baseline: median and MAD of the same slot over the previous weeks; each week's MADs
-        # pooled (their median) by a network down the block's columns. Week 1 has one week behind it: each MAD
-        # is 0 (or NaN: no value), so their median is 0 without a network.
+        # pooled (their median, found by its bits for the whole batch). Week 1 has one week behind it: each MAD
+        # is 0 (or NaN: no value), and so is their median.
         for s in range(slots):
             row = cell_med[s]
             for lane in range(lanes):
@@ -701,7 +704,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                         cell_med[w * slots + s, lane] = med
                         mads[s, lane] = mad
             pw = pooled[w - 1]
-            if w == 1:  # one week behind: each MAD is 0 (or NaN: no value), and so is their median
+            if w == 1:
                 for lane in range(lanes):
                     pw[lane] = nan
                 for s in range(slots):
@@ -803,7 +806,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
                 src = xt[i]
                 for lane in range(lanes):
                     odd[lane] |= src[lane] * kw_factor > contracted_l[lane]
-
 
         for lane in range(nb):
             r = r0 + lane

@@ -1,15 +1,21 @@
 """Explicit vector code for the detector kernel (``analytics.kernel``) where numba's loops do not vectorize.
 
 The kernel holds a batch of meters as [buckets x 32 meters] blocks, so that a step along time is one vector
-operation across the meters. Three things numba does not generate from loops: moving a batch between that layout
-and the matrix's [meters x buckets] rows (16 x 16 transposes in registers: 2.4x faster than element copies),
-chains of dependent steps along time kept in vector registers (the running sum and EWMA of z, the trailing mean
-and the sustained mask: a third of the CPU of four scalar chains side by side), and the first stages of a
-sorting network in registers (through memory every comparator stores two rows, and stores are what a network
-waits on); and a row of 32 floats as one vector, where a loop of 32 would be unrolled and left scalar. Each is
-LLVM IR emitted through ``numba.extending.intrinsic``; the arithmetic is the scalar code's, operation for
+operation across the meters. What numba does not generate from loops:
+- moving a batch between that layout and the matrix's [meters x buckets] rows (16 x 16 transposes in registers:
+  2.4x faster than element copies);
+- chains of dependent steps along time kept in vector registers (the running sum and EWMA of z, the trailing
+  mean and the sustained mask: a third of the CPU of four scalar chains side by side);
+- the first stages of a sorting network in registers (through memory every comparator stores two rows, and
+  stores are what a network waits on);
+- medians of a hundred values and more, per meter, found by their bits with byte compares (a 256-bit vector
+  holds a byte of all 32 meters): 32 rounds of a compare and an add per value instead of a network;
+- passes that also note, per meter, whether any bucket is a candidate (missing, zero, out of range, spike,
+  waste): the answer stays in a register, where a loop of numba's would load and store it at every bucket;
+- a row of 32 floats as one vector, where a loop of 32 would be unrolled and left scalar; prefetches.
+Each is LLVM IR emitted through ``numba.extending.intrinsic``; the arithmetic is the scalar code's, operation for
 operation, with no fast-math flags, so results are bit-identical (``tests/test_detect_kernel.py`` checks them
-against plain loops).
+against plain loops and the numpy reference).
 
 numba keys its on-disk cache of the kernel to ``analytics/kernel.py`` alone; the kernel drops that cache itself
 when this module or ``analytics/networks.py`` changed (``kernel._forget_stale_cache``).
