@@ -23,6 +23,7 @@ when this module or ``analytics/networks.py`` changed (``kernel._forget_stale_ca
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,24 @@ _I64 = ir.IntType(64)
 def _row(builder: Any, arr: Any, off: Any, vty: Any) -> Any:
     """A pointer to the elements of a C-contiguous array from flat offset ``off`` on, as one vector."""
     return builder.bitcast(builder.gep(arr.data, [off]), vty.as_pointer())
+
+
+def _lane_row(builder: Any, arr: Any, r: Any, vty: Any) -> Any:
+    """A pointer to row r of a C-contiguous [rows, LANES] array, as one vector."""
+    return _row(builder, arr, builder.mul(r, ir.Constant(_I64, LANES)), vty)
+
+
+def _arrays(context: Any, builder: Any, signature: Any, args: Any) -> list[Any]:
+    """An intrinsic's arguments, the arrays among them as numba's array structs (``.data``, ``.shape``)."""
+    return [context.make_array(ty)(context, builder, a) if isinstance(ty, types.Array) else a
+            for ty, a in zip(signature.args, args, strict=True)]
+
+
+def _or_flags(builder: Any, arr: Any, flags: Any) -> None:
+    """arr[:LANES] |= flags: a bool array of the batch's meters takes a vector of i1 found in registers."""
+    i8v = ir.VectorType(ir.IntType(8), LANES)
+    out = builder.bitcast(builder.gep(arr.data, [ir.Constant(_I64, 0)]), i8v.as_pointer())
+    builder.store(builder.or_(builder.load(out, align=1), builder.zext(flags, i8v)), out, align=1)
 
 
 def _butterfly(b: int) -> tuple[list[int], list[int]]:
@@ -100,9 +119,7 @@ def sustained_lanes(typingctx: Any, zt: Any, cst: Any, cnt: Any, levelt: Any, sh
     sig = types.void(zt, cst, cnt, levelt, shortt, sust, anyt, par, window)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        z, cs, cn, lv, sh, su, an, pr = (context.make_array(ty)(context, builder, a)
-                                         for ty, a in zip(signature.args[:8], args[:8], strict=True))
-        win = args[8]
+        z, cs, cn, lv, sh, su, an, pr, win = _arrays(context, builder, signature, args)
         n = LANES
         f32v = ir.VectorType(ir.FloatType(), n)
         f64v = ir.VectorType(ir.DoubleType(), n)
@@ -110,14 +127,11 @@ def sustained_lanes(typingctx: Any, zt: Any, cst: Any, cnt: Any, levelt: Any, sh
         i8v = ir.VectorType(ir.IntType(8), n)
         fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32v, [f32v]), f"llvm.fabs.v{n}f32")
 
-        def row(arr: Any, r: Any, vty: Any) -> Any:
-            return builder.bitcast(builder.gep(arr.data, [builder.mul(r, ir.Constant(_I64, n))]), vty.as_pointer())
-
         def load(arr: Any, r: Any, vty: Any) -> Any:
-            return builder.load(row(arr, r, vty), align=4)
+            return builder.load(_lane_row(builder, arr, r, vty), align=4)
 
         def store(v: Any, arr: Any, r: Any, vty: Any) -> None:
-            builder.store(v, row(arr, r, vty), align=4)
+            builder.store(v, _lane_row(builder, arr, r, vty), align=4)
 
         t = builder.extract_value(z.shape, 0)
         clip, alpha, keep, step_z, drift_z = (load(pr, ir.Constant(_I64, k), f32v) for k in range(5))
@@ -288,8 +302,7 @@ def median_lanes(typingctx: Any, block: Any, rows: Any, keys: Any, out: Any) -> 
     sig = types.void(block, rows, keys, out)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        blk, idx, ks, o = (context.make_array(ty)(context, builder, a)
-                           for ty, a in zip(signature.args, args, strict=True))
+        blk, idx, ks, o = _arrays(context, builder, signature, args)
         n = LANES
         f32v = ir.VectorType(ir.FloatType(), n)
         i32v = ir.VectorType(ir.IntType(32), n)
@@ -301,9 +314,7 @@ def median_lanes(typingctx: Any, block: Any, rows: Any, keys: Any, out: Any) -> 
         def const(value: int) -> Any:
             return ir.Constant(_I64, value)
 
-        def row(arr: Any, r: Any, vty: Any) -> Any:
-            return builder.bitcast(builder.gep(arr.data, [builder.mul(r, const(n))]), vty.as_pointer())
-
+        row = partial(_lane_row, builder)
         size = builder.extract_value(idx.shape, 0)
 
         def byte_row(region: int, j: Any) -> Any:
@@ -400,7 +411,6 @@ def median_lanes(typingctx: Any, block: Any, rows: Any, keys: Any, out: Any) -> 
     return sig, codegen
 
 
-
 @intrinsic
 def any_waste(typingctx: Any, xt: Any, cols: Any, col_kind: Any, level: Any, limit: Any, found: Any) -> Any:
     """found[m] |= xt[i, m] - level[col_kind[i], m] > limit[col_kind[i], m] for any i of ``cols``: a batch's
@@ -409,22 +419,19 @@ def any_waste(typingctx: Any, xt: Any, cols: Any, col_kind: Any, level: Any, lim
     sig = types.void(xt, cols, col_kind, level, limit, found)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        x, cs, ck, lv, lm, fd = (context.make_array(ty)(context, builder, a)
-                                 for ty, a in zip(signature.args, args, strict=True))
+        x, cs, ck, lv, lm, fd = _arrays(context, builder, signature, args)
         f32v = ir.VectorType(ir.FloatType(), LANES)
-        i8v = ir.VectorType(ir.IntType(8), LANES)
         seen = cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(ir.IntType(1), LANES), None))
 
         def load(arr: Any, r: Any) -> Any:
-            return builder.load(_row(builder, arr, builder.mul(r, ir.Constant(_I64, LANES)), f32v), align=4)
+            return builder.load(_lane_row(builder, arr, r, f32v), align=4)
 
         with cgutils.for_range(builder, builder.extract_value(cs.shape, 0)) as loop:
             i = builder.load(builder.gep(cs.data, [loop.index]))
             k = builder.load(builder.gep(ck.data, [i]))
             over = builder.fcmp_ordered(">", builder.fsub(load(x, i), load(lv, k)), load(lm, k))
             builder.store(builder.or_(builder.load(seen), over), seen)
-        out = builder.bitcast(builder.gep(fd.data, [ir.Constant(_I64, 0)]), i8v.as_pointer())
-        builder.store(builder.or_(builder.load(out, align=1), builder.zext(builder.load(seen), i8v)), out, align=1)
+        _or_flags(builder, fd, builder.load(seen))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -439,10 +446,8 @@ def clean_lanes(typingctx: Any, xt: Any, cell: Any, cube: Any, limit: Any, news:
     sig = types.void(xt, cell, cube, limit, news, odd)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        x, cl, cb, lim, nw, od = (context.make_array(ty)(context, builder, a)
-                                  for ty, a in zip(signature.args, args, strict=True))
+        x, cl, cb, lim, nw, od = _arrays(context, builder, signature, args)
         f32v = ir.VectorType(ir.FloatType(), LANES)
-        i8v = ir.VectorType(ir.IntType(8), LANES)
         b1v = ir.VectorType(ir.IntType(1), LANES)
         fabs = cgutils.get_or_insert_function(builder.module, ir.FunctionType(f32v, [f32v]), f"llvm.fabs.v{LANES}f32")
         top = builder.load(_row(builder, lim, ir.Constant(_I64, 0), f32v), align=4)
@@ -450,7 +455,7 @@ def clean_lanes(typingctx: Any, xt: Any, cell: Any, cube: Any, limit: Any, news:
         strange = cgutils.alloca_once_value(builder, ir.Constant(b1v, None))
 
         def ptr(arr: Any, r: Any) -> Any:
-            return _row(builder, arr, builder.mul(r, ir.Constant(_I64, LANES)), f32v)
+            return _lane_row(builder, arr, r, f32v)
 
         with cgutils.for_range(builder, builder.extract_value(x.shape, 0)) as loop:
             i = loop.index
@@ -466,10 +471,8 @@ def clean_lanes(typingctx: Any, xt: Any, cell: Any, cube: Any, limit: Any, news:
             builder.store(builder.or_(builder.load(strange), builder.or_(builder.and_(ok, zero),
                                                                          builder.not_(builder.or_(ok, missing)))),
                           strange)
-        for arr, flags in ((nw, missed), (od, strange)):
-            out = builder.bitcast(builder.gep(arr.data, [ir.Constant(_I64, 0)]), i8v.as_pointer())
-            builder.store(builder.or_(builder.load(out, align=1), builder.zext(builder.load(flags), i8v)), out,
-                          align=1)
+        _or_flags(builder, nw, builder.load(missed))
+        _or_flags(builder, od, builder.load(strange))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -483,23 +486,21 @@ def finite_lanes(typingctx: Any, zt: Any, spike: Any, odd: Any) -> Any:
     sig = types.void(zt, spike, odd)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        z, sp, od = (context.make_array(ty)(context, builder, a) for ty, a in zip(signature.args, args, strict=True))
+        z, sp, od = _arrays(context, builder, signature, args)
         f32v = ir.VectorType(ir.FloatType(), LANES)
-        i8v = ir.VectorType(ir.IntType(8), LANES)
         big = ir.Constant(f32v, [float(np.finfo(np.float32).max)] * LANES)
         small = ir.Constant(f32v, [-float(np.finfo(np.float32).max)] * LANES)
         limit = builder.load(_row(builder, sp, ir.Constant(_I64, 0), f32v), align=4)
         seen = cgutils.alloca_once_value(builder, ir.Constant(ir.VectorType(ir.IntType(1), LANES), None))
         with cgutils.for_range(builder, builder.extract_value(z.shape, 0)) as loop:
-            p = _row(builder, z, builder.mul(loop.index, ir.Constant(_I64, LANES)), f32v)
+            p = _lane_row(builder, z, loop.index, f32v)
             v = builder.load(p, align=4)
             v = builder.select(builder.fcmp_unordered("uno", v, v), ir.Constant(f32v, None), v)
             v = builder.select(builder.fcmp_ordered(">", v, big), big, v)
             v = builder.select(builder.fcmp_ordered("<", v, small), small, v)
             builder.store(v, p, align=4)
             builder.store(builder.or_(builder.load(seen), builder.fcmp_ordered(">", v, limit)), seen)
-        out = builder.bitcast(builder.gep(od.data, [ir.Constant(_I64, 0)]), i8v.as_pointer())
-        builder.store(builder.or_(builder.load(out, align=1), builder.zext(builder.load(seen), i8v)), out, align=1)
+        _or_flags(builder, od, builder.load(seen))
         return context.get_dummy_value()
 
     return sig, codegen
