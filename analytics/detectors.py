@@ -187,8 +187,9 @@ def _layout(masks: CalendarMasks, step_minutes: int) -> tuple:  # type: ignore[t
     # columns whose kind goes up by one from one to the next form a run (a day's slots): the kernel copies runs
     starts = np.flatnonzero(np.diff(col_kind, prepend=-2) != 1)
     kind_runs = np.stack([starts, np.diff(starts, append=col_kind.size), col_kind[starts]], axis=1).astype(np.int64)
-    return (working, work_cols, open_day, open_cum, cell, cell_first, grid.slots, grid.weeks, kind_runs, gidx,
-            group_kind.astype(np.int64), tiers, 2 * per_day, net_a, net_b, net_at, net_skip)
+    return (working, work_cols, open_day, open_cum, cell, cell_first, grid.slots, grid.weeks, kind_runs, col_kind,
+            closed_cols.astype(np.int64), gidx, group_kind.astype(np.int64), tiers, 2 * per_day, net_a, net_b,
+            net_at, net_skip)
 
 
 def _param_tables(p: DetectorParams, m: int, rated: np.ndarray | None,

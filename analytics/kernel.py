@@ -488,6 +488,15 @@ def _median_mad_weeks(cube: np.ndarray, w: int, slots: int, k: int, med_out: np.
             ao[e] = _mid(da, db, dc, dd, n)
 
 
+@njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _first_reading(row: np.ndarray) -> int:
+    """Index of the row's first reading (not NaN); its length if none."""
+    for i in range(row.size):
+        if not np.isnan(row[i]):
+            return i
+    return row.size
+
+
 @njit(nogil=True, cache=True, error_model="numpy")
 def _sustained_scalar(zt: np.ndarray, cst: np.ndarray, cnt: np.ndarray, levelt: np.ndarray, shortt: np.ndarray,
                       sust: np.ndarray, anyt: np.ndarray, par: np.ndarray, window: np.ndarray) -> None:
@@ -518,7 +527,8 @@ def _sustained_scalar(zt: np.ndarray, cst: np.ndarray, cnt: np.ndarray, levelt: 
 @njit(nogil=True, cache=True, error_model="numpy")
 def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols: np.ndarray, open_day: np.ndarray,
                 open_cum: np.ndarray, cell: np.ndarray, cell_first: int, slots: int, weeks: int,
-                kind_runs: np.ndarray, gidx: np.ndarray, group_kind: np.ndarray, tiers: np.ndarray, n_kinds: int,
+                kind_runs: np.ndarray, col_kind: np.ndarray, closed_cols: np.ndarray, gidx: np.ndarray,
+                group_kind: np.ndarray, tiers: np.ndarray, n_kinds: int,
                 net_a: np.ndarray, net_b: np.ndarray, net_at: np.ndarray, net_skip: np.ndarray, fp: np.ndarray,
                 ip: np.ndarray, has_target: bool, has_peak: bool, has_rated: bool, cumulative: bool,
                 kw_factor: np.float32, kind_out: np.ndarray, score_out: np.ndarray, expected_out: np.ndarray,
@@ -585,11 +595,6 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
     k_med_t = np.empty((n_kinds, lanes), np.float32)  # [kind, meter]: closed-hours level, MAD
     k_mad_t = np.empty((n_kinds, lanes), np.float32)
     k_limit_t = np.empty((n_kinds, lanes), np.float32)  # the excess over the level that is waste
-    col_kind = np.empty(t, np.int64)  # each column's closed-hours kind
-    for q in range(kind_runs.shape[0]):
-        for j in range(kind_runs[q, 1]):
-            col_kind[kind_runs[q, 0] + j] = kind_runs[q, 2] + j
-    closed_cols = np.flatnonzero(~working)
     # one meter's rows
     clean = np.empty(t, np.float32)
     zero = np.empty(t, np.bool_)
@@ -818,11 +823,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             if not (odd[lane] or any_sus[lane] or with_expected or not cumulative):
                 # no candidate but missing readings, if any: nothing to type but gaps
                 spike_z = tpar[0, lane]
-                first = t  # the meter's first reading: missing before it is not a gap
-                for i in range(t if news[lane] else 0):
-                    if not np.isnan(row[i]):
-                        first = i
-                        break
+                first = _first_reading(row) if news[lane] else t  # missing before it is not a gap
                 runs = news[lane] and ip[r, I_GAP_BUCKETS] > 1  # else every missing reading is a gap
                 if runs:
                     for i in range(t):
@@ -837,11 +838,7 @@ def detect_rows(x: np.ndarray, lo: int, hi: int, working: np.ndarray, work_cols:
             limit = limit_l[lane]
             spike_z = fp[r, F_SPIKE_Z]
             # one pass: the clean row, the gap and flatline candidates
-            first = t  # the meter's first reading: missing before it is not a gap
-            for i in range(t):
-                if not np.isnan(row[i]):
-                    first = i
-                    break
+            first = _first_reading(row)  # missing before it is not a gap
             for i in range(t):  # no branch on the data: vector steps
                 v = row[i]
                 out_of_range = (v < 0) | (v > limit)
